@@ -1,0 +1,353 @@
+//! The feature vector, schema `cadence.features.v1`.
+//!
+//! A [`FeatureVector`] summarises one closed window of input: distributions and rates only.
+//! It is fixed-length per modality, every feature is named, and a modality the window did not
+//! have enough of is `null` — never a block of zeros that a scorer could mistake for data.
+//!
+//! # JSON form (one object per window)
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `schema` | string | always `"cadence.features.v1"`; anything else is rejected |
+//! | `duration_ms` | integer | time from the window's first to its last event |
+//! | `keys` | integer | key presses in the window (auto-repeat excluded) |
+//! | `mouse_events` | integer | pointer events in the window (moves, buttons, scrolls) |
+//! | `keyboard` | object or null | the [`KEYBOARD_FEATURES`], by name, each a finite number |
+//! | `mouse` | object or null | the [`MOUSE_FEATURES`], by name, each a finite number |
+//!
+//! Invariants, checked on deserialization: the schema string matches; a present block holds
+//! exactly its named features (none missing, none unknown), each finite; at least one block is
+//! present. Times are milliseconds, distances are pixels of the device's own pointer motion.
+//!
+//! What no field can carry, by construction: which key was pressed, any character, the order of
+//! individual timings, an absolute pointer position, a window title or an application name.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The schema identifier every feature vector carries.
+pub const SCHEMA_V1: &str = "cadence.features.v1";
+
+/// Why a feature vector was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// The vector names another schema version (an agent newer or older than this code).
+    #[error("unknown schema {0:?}, expected {SCHEMA_V1:?}")]
+    UnknownSchema(String),
+    /// A feature is NaN or infinite: a bug in the producer or a tampered record.
+    #[error("feature {0} is not a finite number")]
+    NonFinite(&'static str),
+    /// A feature the schema requires is absent.
+    #[error("feature {0} is missing")]
+    Missing(&'static str),
+    /// The vector holds neither a keyboard nor a mouse block.
+    #[error("vector has neither a keyboard nor a mouse block")]
+    Empty,
+}
+
+macro_rules! feature_block {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $names:ident, $len:ident, $what:literal,
+        [ $( $feat:literal => $doc:literal ),+ $(,)? ]
+    ) => {
+        /// Number of features in the block.
+        pub const $len: usize = [$($feat),+].len();
+
+        /// Feature names of the block, in vector order, each with its one-line meaning.
+        pub const $names: [(&str, &str); $len] = [$(($feat, $doc)),+];
+
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq)]
+        pub struct $name(pub [f64; $len]);
+
+        impl $name {
+            /// Looks a feature up by name.
+            pub fn get(&self, name: &str) -> Option<f64> {
+                $names.iter().position(|(n, _)| *n == name).map(|i| self.0[i])
+            }
+
+            /// Checks that every feature is finite.
+            pub fn validate(&self) -> Result<(), SchemaError> {
+                for (i, v) in self.0.iter().enumerate() {
+                    if !v.is_finite() {
+                        return Err(SchemaError::NonFinite($names[i].0));
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut m = f.debug_map();
+                for (i, (n, _)) in $names.iter().enumerate() {
+                    m.entry(n, &self.0[i]);
+                }
+                m.finish()
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some($len))?;
+                for (i, (n, _)) in $names.iter().enumerate() {
+                    m.serialize_entry(n, &self.0[i])?;
+                }
+                m.end()
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "a {} feature block", $what)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        let mut values = [f64::NAN; $len];
+                        let mut seen = [false; $len];
+                        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                            let Some(i) = $names.iter().position(|(n, _)| *n == key) else {
+                                return Err(de::Error::custom(format!(
+                                    "unknown {} feature {:?}", $what, key
+                                )));
+                            };
+                            values[i] = map.next_value()?;
+                            seen[i] = true;
+                        }
+                        if let Some(i) = seen.iter().position(|s| !s) {
+                            return Err(de::Error::custom(SchemaError::Missing($names[i].0)));
+                        }
+                        let block = $name(values);
+                        block.validate().map_err(de::Error::custom)?;
+                        Ok(block)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+feature_block!(
+    /// Keystroke timing features of one window. Times in milliseconds.
+    ///
+    /// Flights longer than the pause threshold (1 s) are pauses, not flights: they are left out
+    /// of the flight distributions and described by the pause features instead. A class-specific
+    /// feature whose class did not occur often enough in the window (fewer than 3 samples) takes
+    /// the value of the matching all-keys feature, so the block stays fixed-length and finite.
+    KeyboardFeatures, KEYBOARD_FEATURES, KEYBOARD_LEN, "keyboard",
+    [
+        "hold_p10" => "hold (press to release) time, 10th percentile",
+        "hold_p25" => "hold time, 25th percentile",
+        "hold_p50" => "hold time, median",
+        "hold_p75" => "hold time, 75th percentile",
+        "hold_p90" => "hold time, 90th percentile",
+        "hold_mad" => "hold time, median absolute deviation",
+        "hold_char_p50" => "hold time of character keys, median",
+        "hold_char_iqr" => "hold time of character keys, interquartile range",
+        "hold_space_p50" => "hold time of the space bar, median",
+        "hold_mod_p50" => "hold time of modifier keys, median",
+        "dd_p10" => "down-down flight (press to next press), 10th percentile",
+        "dd_p25" => "down-down flight, 25th percentile",
+        "dd_p50" => "down-down flight, median",
+        "dd_p75" => "down-down flight, 75th percentile",
+        "dd_p90" => "down-down flight, 90th percentile",
+        "dd_mad" => "down-down flight, median absolute deviation",
+        "ud_p10" => "up-down flight (release to next press; negative on overlap), 10th percentile",
+        "ud_p25" => "up-down flight, 25th percentile",
+        "ud_p50" => "up-down flight, median",
+        "ud_p75" => "up-down flight, 75th percentile",
+        "ud_p90" => "up-down flight, 90th percentile",
+        "ud_mad" => "up-down flight, median absolute deviation",
+        "dd_char_char_p50" => "down-down flight between two character keys, median",
+        "dd_char_space_p50" => "down-down flight from a character key to space, median",
+        "dd_space_char_p50" => "down-down flight from space to a character key, median",
+        "dd_mod_char_p50" => "down-down flight from a modifier to a character key, median",
+        "dd_to_correction_p50" => "down-down flight into a correction key, median",
+        "rollover_rate" => "share of presses made while another key is still held",
+        "correction_rate" => "share of presses that are corrections (backspace, delete)",
+        "pause_rate" => "pauses (flights over 1 s) per key press",
+        "pause_p50" => "pause length, median (0 when the window has no pause)",
+        "burst_keys_mean" => "key presses per burst between pauses, mean",
+        "keys_per_sec" => "key presses per second of active typing (pauses excluded)",
+    ]
+);
+
+feature_block!(
+    /// Pointer dynamics features of one window. Distances in pixels of pointer motion, times in
+    /// milliseconds, speeds in px/s. Derived only from motion *deltas*: no absolute position.
+    ///
+    /// A stroke is a run of motion without a gap over 250 ms and without a button change. A
+    /// feature with no samples in the window (no clicks, no scrolling) is 0, and the matching
+    /// rate feature (also 0) says so.
+    MouseFeatures, MOUSE_FEATURES, MOUSE_LEN, "mouse",
+    [
+        "speed_p10" => "pointer speed, 10th percentile",
+        "speed_p50" => "pointer speed, median",
+        "speed_p90" => "pointer speed, 90th percentile",
+        "speed_mean" => "pointer speed, mean over motion time",
+        "accel_p50" => "absolute acceleration, median",
+        "accel_p90" => "absolute acceleration, 90th percentile",
+        "jerk_p50" => "absolute jerk, median",
+        "jerk_p90" => "absolute jerk, 90th percentile",
+        "angle_change_p50" => "absolute change of direction between motion samples (rad), median",
+        "curvature_p50" => "change of direction per pixel travelled (rad/px), median",
+        "straightness_p50" => "stroke straightness (chord / path length), median",
+        "straightness_p25" => "stroke straightness, 25th percentile",
+        "stroke_len_p50" => "stroke path length, median",
+        "stroke_ms_p50" => "stroke duration, median",
+        "dir_e" => "share of distance moved towards east (octant)",
+        "dir_ne" => "share of distance moved towards north-east",
+        "dir_n" => "share of distance moved towards north",
+        "dir_nw" => "share of distance moved towards north-west",
+        "dir_w" => "share of distance moved towards west",
+        "dir_sw" => "share of distance moved towards south-west",
+        "dir_s" => "share of distance moved towards south",
+        "dir_se" => "share of distance moved towards south-east",
+        "click_hold_p50" => "button hold (press to release), median",
+        "move_to_click_p50" => "time from the end of motion to a button press, median",
+        "click_rate" => "button presses per stroke",
+        "drag_share" => "share of distance moved with a button held",
+        "scroll_rate" => "scroll steps per motion event",
+        "scroll_interval_p50" => "time between scroll steps within a scroll run, median",
+    ]
+);
+
+/// One window's features, ready to be signed and sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureVector {
+    /// Always [`SCHEMA_V1`].
+    #[serde(deserialize_with = "schema_v1")]
+    pub schema: String,
+    /// Time from the window's first to its last event, in milliseconds.
+    pub duration_ms: u64,
+    /// Key presses in the window.
+    pub keys: u32,
+    /// Pointer events in the window.
+    pub mouse_events: u32,
+    /// Keystroke features, or `None` when the window had fewer key presses than the minimum.
+    pub keyboard: Option<KeyboardFeatures>,
+    /// Pointer features, or `None` when the window had fewer pointer events than the minimum.
+    pub mouse: Option<MouseFeatures>,
+}
+
+fn schema_v1<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == SCHEMA_V1 {
+        Ok(s)
+    } else {
+        Err(de::Error::custom(SchemaError::UnknownSchema(s)))
+    }
+}
+
+impl FeatureVector {
+    /// Checks the invariants a deserialized vector already satisfies; for vectors built in code.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        if self.schema != SCHEMA_V1 {
+            return Err(SchemaError::UnknownSchema(self.schema.clone()));
+        }
+        if self.keyboard.is_none() && self.mouse.is_none() {
+            return Err(SchemaError::Empty);
+        }
+        if let Some(k) = &self.keyboard {
+            k.validate()?;
+        }
+        if let Some(m) = &self.mouse {
+            m.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Parses and validates one JSON vector.
+    pub fn from_json(s: &str) -> Result<Self, String> {
+        let v: FeatureVector = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        v.validate().map_err(|e| e.to_string())?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FeatureVector {
+        let mut k = [0.0; KEYBOARD_LEN];
+        for (i, v) in k.iter_mut().enumerate() {
+            *v = i as f64 * 1.5;
+        }
+        FeatureVector {
+            schema: SCHEMA_V1.to_owned(),
+            duration_ms: 12_000,
+            keys: 80,
+            mouse_events: 3,
+            keyboard: Some(KeyboardFeatures(k)),
+            mouse: None,
+        }
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_feature_by_name() {
+        let v = sample();
+        let s = serde_json::to_string(&v).unwrap();
+        assert!(s.contains("\"hold_p50\":3.0"), "{s}");
+        assert!(s.contains("\"mouse\":null"), "{s}");
+        let back = FeatureVector::from_json(&s).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut all: Vec<&str> = KEYBOARD_FEATURES.iter().map(|(n, _)| *n).collect();
+        all.extend(MOUSE_FEATURES.iter().map(|(n, _)| *n));
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn rejects_other_schema_missing_unknown_and_non_finite() {
+        let good = serde_json::to_value(sample()).unwrap();
+
+        let mut v = good.clone();
+        v["schema"] = "cadence.features.v2".into();
+        let e = FeatureVector::from_json(&v.to_string()).unwrap_err();
+        assert!(e.contains("unknown schema"), "{e}");
+
+        let mut v = good.clone();
+        v["keyboard"].as_object_mut().unwrap().remove("dd_p50");
+        let e = FeatureVector::from_json(&v.to_string()).unwrap_err();
+        assert!(e.contains("dd_p50 is missing"), "{e}");
+
+        let mut v = good.clone();
+        v["keyboard"]["key_a_hold"] = 1.0.into();
+        let e = FeatureVector::from_json(&v.to_string()).unwrap_err();
+        assert!(e.contains("unknown keyboard feature"), "{e}");
+
+        let mut v = good.clone();
+        v["keyboard"]["dd_p50"] = serde_json::Value::Null;
+        assert!(FeatureVector::from_json(&v.to_string()).is_err());
+
+        let mut v = good.clone();
+        v["keyboard"] = serde_json::Value::Null;
+        let e = FeatureVector::from_json(&v.to_string()).unwrap_err();
+        assert!(e.contains("neither"), "{e}");
+
+        let mut v = good;
+        v["sentence"] = "hello".into();
+        assert!(FeatureVector::from_json(&v.to_string()).is_err());
+
+        let mut nan = sample();
+        nan.keyboard.as_mut().unwrap().0[3] = f64::NAN;
+        assert_eq!(nan.validate(), Err(SchemaError::NonFinite("hold_p75")));
+    }
+}
