@@ -17,9 +17,9 @@ use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::capture::replay::{self, Format, Item};
+use crate::capture::replay::{self, Format};
 use crate::capture::{self, CaptureError, EventReceiver, InputSource, MonoClock, Recv, StopFlag};
-use crate::features::Windower;
+use crate::features::{Windower, window_recording};
 
 /// Cadence agent: verifies the person at the keyboard from typing and pointer *timing* only.
 #[derive(Debug, Parser)]
@@ -251,47 +251,19 @@ fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
             unusable += 1;
             continue;
         }
-        let mut w = Windower::new(policy);
-        let mut segment: Option<usize> = None;
-        let mut window_segment: Option<usize> = None;
-        let mut emit =
-            |v: FeatureVector, seg: Option<usize>, out: &mut Out| -> Result<(), String> {
-                let line = Labelled {
-                    subject: &rec.subject,
-                    session: &rec.session,
-                    segment: seg.and_then(|s| rec.segments.get(s)).map(String::as_str),
-                    split: rec.split.as_deref(),
-                    vector: &v,
-                };
-                let s = serde_json::to_string(&line).map_err(|e| e.to_string())?;
-                out.line(&s).map_err(|e| e.to_string())?;
-                windows += 1;
-                Ok(())
+        window_recording(&rec, policy, |seg, v| -> Result<(), String> {
+            let line = Labelled {
+                subject: &rec.subject,
+                session: &rec.session,
+                segment: seg.and_then(|s| rec.segments.get(s)).map(String::as_str),
+                split: rec.split.as_deref(),
+                vector: &v,
             };
-        for item in &rec.items {
-            match *item {
-                Item::Segment(s) => {
-                    if let Some(v) = w.segment_boundary() {
-                        emit(v, window_segment, &mut out)?;
-                    }
-                    segment = Some(s);
-                }
-                Item::Event(ev) => {
-                    let opened = !w.is_open();
-                    let closed = w.push(&ev);
-                    let seg_of_closed = window_segment;
-                    if opened || closed.is_some() {
-                        window_segment = segment;
-                    }
-                    if let Some(v) = closed {
-                        emit(v, seg_of_closed, &mut out)?;
-                    }
-                }
-            }
-        }
-        if let Some(v) = w.close() {
-            emit(v, window_segment, &mut out)?;
-        }
+            let s = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+            out.line(&s).map_err(|e| e.to_string())?;
+            windows += 1;
+            Ok(())
+        })?;
     }
     out.flush().map_err(|e| e.to_string())?;
     Out::say(&format!(
@@ -370,8 +342,8 @@ fn preview(a: PreviewArgs) -> Result<ExitCode, String> {
 fn live_source(display: Option<String>, clock: MonoClock) -> Result<Box<dyn InputSource>, String> {
     #[cfg(target_os = "linux")]
     {
-        let _ = (display, clock); // X11WIRE
-        Err(CaptureError::Unsupported("live").to_string())
+        capture::x11::probe(display.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Box::new(capture::x11::X11Record::new(display, clock)))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -15,9 +15,9 @@ pub mod replay;
 #[cfg(target_os = "linux")]
 pub mod x11;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -163,22 +163,52 @@ pub trait InputSource: Send {
     fn run(&mut self, sink: &mut EventSink, stop: &StopFlag) -> Result<(), CaptureError>;
 }
 
-/// A flag raised once to stop a source; cheap to check from an OS callback.
+/// A flag raised once to stop a source; cheap to check from an OS callback, and a thread can
+/// sleep on it without polling.
 #[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
+pub struct StopFlag(Arc<StopInner>);
+
+/// The flag itself plus what lets a thread wait for it.
+#[derive(Debug, Default)]
+struct StopInner {
+    raised: AtomicBool,
+    /// Guards nothing but the condition variable's wait.
+    lock: Mutex<()>,
+    wake: Condvar,
+}
 
 impl StopFlag {
     /// A lowered flag.
     pub fn new() -> Self {
         Self::default()
     }
-    /// Raises the flag.
+    /// Raises the flag and wakes every thread waiting on it.
     pub fn raise(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.raised.store(true, Ordering::SeqCst);
+        let _guard = self.0.lock.lock();
+        self.0.wake.notify_all();
     }
     /// Whether the flag is raised.
     pub fn is_raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.raised.load(Ordering::SeqCst)
+    }
+    /// Sleeps until the flag is raised or `timeout` passes; returns whether it is raised.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Ok(mut guard) = self.0.lock.lock() else {
+            return self.is_raised();
+        };
+        while !self.is_raised() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.0.wake.wait_timeout(guard, left) {
+                Ok((g, _)) => guard = g,
+                Err(_) => break,
+            }
+        }
+        self.is_raised()
     }
 }
 

@@ -6,11 +6,11 @@
 //! steps, each stamped with the X server's own event time mapped onto the agent's
 //! [`MonoClock`].
 //!
-//! Must never: call any key-to-text or keyboard-layout function (no `GetKeyboardMapping`, no
-//! keysym lookup, no XKB); let a key code or an absolute pointer position out of this file;
-//! stamp an event with its arrival time; block or slow down the X server. Pure Rust means a
-//! lost X server comes back as [`CaptureError::Lost`], never as a process exit (Xlib's default
-//! I/O error handler calls `exit(1)`).
+//! Must never: call any key-to-text or keyboard-layout function (no keyboard-mapping request,
+//! no key-symbol lookup, no XKB); let a key code or an absolute pointer position out of this
+//! file; stamp an event with its arrival time; block or slow down the X server. Pure Rust means
+//! a lost X server comes back as [`CaptureError::Lost`], never as a process exit (Xlib's
+//! default I/O error handler calls `exit(1)`).
 //!
 //! # What the X server sends
 //!
@@ -30,7 +30,7 @@
 //! | 1      | detail       | key code (keys), button number (buttons), hint flag (motion)    |
 //! | 2..4   | sequence     | ignored (meaningless for device events)                         |
 //! | 4..8   | time         | server time in ms (u32, wraps every ~49.7 days): the event time |
-//! | 8..20  | root, event, child windows | ignored (not filled in for device events) |
+//! | 8..20  | root, event, child windows | ignored (window identity never leaves capture) |
 //! | 20..22 | root_x (i16) | MotionNotify only: absolute position, kept to compute deltas    |
 //! | 22..24 | root_y (i16) | as root_x                                                       |
 //! | 24..32 | event_x, event_y, state, same_screen, pad | ignored                    |
@@ -39,11 +39,23 @@
 //! type 35, would be longer and is skipped by its length field should a server ever send
 //! one); a truncated trailing record is ignored, never read past.
 //!
+//! Core device events carry no mark for input injected through XTEST (what `xdotool` and a
+//! remote-control tool use), so `injected` is set only for the `SendEvent` bit; telling
+//! injected typing apart is left to the timing-based detectors downstream.
+//!
 //! # Time
 //!
 //! The server buffers recorded data (up to 1 KiB per context) and may hand several events over
 //! in one reply, so arrival time compresses intervals. Every event's own server time is mapped
 //! onto the monotonic clock by [`ServerTimeMapper`]; see there for the estimate and its limits.
+//!
+//! # Stopping
+//!
+//! The data connection blocks in a read for as long as the context is enabled, so it cannot
+//! poll the stop flag itself without a busy loop. A small watcher thread holds the control
+//! connection, sleeps on the flag (waking every 2 s only to notice a data loop that ended by
+//! itself) and, once the flag is raised, disables the context every 150 ms until the server
+//! ends the enable stream with `EndOfData` and `run` returns.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -51,6 +63,7 @@ use std::time::Duration;
 use x11rb::connection::{Connection, RequestConnection};
 use x11rb::errors::{ConnectionError, ReplyError, ReplyOrIdError};
 use x11rb::protocol::record::{self, ConnectionExt as _};
+use x11rb::reexports::x11rb_protocol::parse_display::parse_display;
 use x11rb::rust_connection::RustConnection;
 
 use super::{
@@ -75,9 +88,14 @@ const EVENT_LEN: usize = 32;
 const CATEGORY_FROM_SERVER: u8 = 0;
 const CATEGORY_START_OF_DATA: u8 = 4;
 
+/// X11's TCP port for display 0; display N listens on this plus N.
+const X11_TCP_PORT_BASE: u16 = 6000;
+
 /// How often the watcher thread looks at the stop flag: bounds how long `stop.raise()` takes
 /// to end `run` (plus one round trip to the server), without a busy loop.
 const STOP_POLL: Duration = Duration::from_millis(150);
+/// How often the idle watcher checks whether the data loop ended by itself (lost server).
+const STOP_IDLE_CHECK: Duration = Duration::from_secs(2);
 
 /// Maps the X server's millisecond event times onto the agent's monotonic microsecond clock.
 ///
@@ -122,7 +140,9 @@ impl ServerTimeMapper {
             None => i64::from(server_ms),
             // Reinterpreting the wrapping difference as i32 is what makes a wrap (a huge
             // backwards jump) read as a small step forward, and vice versa.
-            Some((raw, unwrapped)) => unwrapped + i64::from(server_ms.wrapping_sub(raw) as i32),
+            Some((raw, unwrapped)) => {
+                unwrapped.saturating_add(i64::from(server_ms.wrapping_sub(raw) as i32))
+            }
         }
     }
 
@@ -461,21 +481,26 @@ fn watch_stop(
     stop: &StopFlag,
     done: mpsc::Receiver<()>,
 ) {
+    // Nothing is ever sent on `done`: it disconnects when the data loop is over. Until the
+    // flag is raised the watcher sleeps on it, waking only every STOP_IDLE_CHECK to see whether
+    // the data loop ended on its own (a lost server): no polling wakeups while idle.
     loop {
-        match done.recv_timeout(STOP_POLL) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // Ok never happens (nothing is sent); Disconnected means the data loop is over.
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        if matches!(done.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+            break;
         }
-        if stop.is_raised() {
-            // Disabling is repeated every poll until the data loop ends: a disable that
+        if stop.wait_timeout(STOP_IDLE_CHECK) {
+            // Disabling is repeated every STOP_POLL until the data loop ends: a disable that
             // reaches the server before the data connection's enable is a no-op there.
             // Errors are ignored: a broken control connection means the data one is broken
             // too, and the data loop reports that.
-            let _ = ctrl
-                .record_disable_context(rc)
-                .map(|_| ())
-                .and_then(|()| ctrl.flush());
+            while let Err(mpsc::RecvTimeoutError::Timeout) = {
+                let _ = ctrl
+                    .record_disable_context(rc)
+                    .map(|_| ())
+                    .and_then(|()| ctrl.flush());
+                done.recv_timeout(STOP_POLL)
+            } {}
+            break;
         }
     }
     // The server would free the context when the control connection closes anyway; doing it
@@ -509,12 +534,23 @@ fn resolve_display(display: Option<&str>) -> Result<String, CaptureError> {
 }
 
 fn connect(name: &str) -> Result<RustConnection, CaptureError> {
+    let refuse = |reason: String| CaptureError::Connect {
+        display: name.to_owned(),
+        reason,
+    };
+    // x11rb 0.14 computes the TCP port as `6000 + display` in u16 arithmetic, which panics in
+    // debug builds (and wraps in release) for display numbers above 59535: refuse those here,
+    // since DISPLAY comes from configuration or the environment and must not panic the agent.
+    let parsed = parse_display(Some(name)).map_err(|e| refuse(e.to_string()))?;
+    if parsed.display > u16::MAX - X11_TCP_PORT_BASE {
+        return Err(refuse(format!(
+            "display number {} is out of range",
+            parsed.display
+        )));
+    }
     x11rb::connect(Some(name))
         .map(|(conn, _screen)| conn)
-        .map_err(|e| CaptureError::Connect {
-            display: name.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| refuse(e.to_string()))
 }
 
 fn check_record(conn: &RustConnection, name: &str) -> Result<(), CaptureError> {
@@ -622,11 +658,9 @@ mod tests {
         ];
         for (i, (code, class)) in codes.into_iter().enumerate() {
             let ms = 1000 + 100 * i as u32;
-            let out = decode(
-                &mut d,
-                &[key(KEY_PRESS, code, ms), key(KEY_RELEASE, code, ms + 40)],
-                0,
-            );
+            let recs = [key(KEY_PRESS, code, ms), key(KEY_RELEASE, code, ms + 40)];
+            // Each pair arrives 2 ms after its release, as a live server would send it.
+            let out = decode(&mut d, &recs, u64::from(ms + 42) * 1000);
             assert_eq!(
                 kinds(&out),
                 vec![
@@ -953,11 +987,14 @@ mod tests {
     }
 
     #[test]
-    fn probe_reports_an_unreachable_server() {
-        // No server listens on display 63999; the name is valid, the socket is absent.
-        match probe(Some(":63999")) {
-            Err(CaptureError::Connect { display, .. }) => assert_eq!(display, ":63999"),
-            other => panic!("expected Connect, got {other:?}"),
+    fn probe_reports_an_unreachable_or_malformed_display() {
+        // No server listens on :59000; display numbers x11rb cannot turn into a TCP port, and
+        // garbage, are refused with an error rather than a panic.
+        for name in [":59000", ":63999", ":65535", "not a display"] {
+            match probe(Some(name)) {
+                Err(CaptureError::Connect { display, .. }) => assert_eq!(display, name),
+                other => panic!("{name}: expected Connect, got {other:?}"),
+            }
         }
     }
 }

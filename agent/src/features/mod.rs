@@ -15,6 +15,7 @@ pub mod stats;
 use cadence_config::WindowPolicy;
 use cadence_wire::{FeatureVector, SCHEMA_V1};
 
+use crate::capture::replay::{Item, Recording};
 use crate::capture::{EventKind, InputEvent};
 use keyboard::KeyboardAcc;
 use mouse::MouseAcc;
@@ -157,6 +158,43 @@ impl Windower {
             mouse,
         })
     }
+}
+
+/// Runs a whole recording through a fresh [`Windower`], calling `emit` with each emitted
+/// vector and the segment (index into `rec.segments`) in which its window started.
+pub fn window_recording<E>(
+    rec: &Recording,
+    policy: WindowPolicy,
+    mut emit: impl FnMut(Option<usize>, FeatureVector) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut w = Windower::new(policy);
+    let mut segment: Option<usize> = None;
+    let mut window_segment: Option<usize> = None;
+    for item in &rec.items {
+        match *item {
+            Item::Segment(s) => {
+                if let Some(v) = w.segment_boundary() {
+                    emit(window_segment, v)?;
+                }
+                segment = Some(s);
+            }
+            Item::Event(ev) => {
+                let opened = !w.is_open();
+                let closed = w.push(&ev);
+                let closed_segment = window_segment;
+                if opened || closed.is_some() {
+                    window_segment = segment;
+                }
+                if let Some(v) = closed {
+                    emit(closed_segment, v)?;
+                }
+            }
+        }
+    }
+    if let Some(v) = w.close() {
+        emit(window_segment, v)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

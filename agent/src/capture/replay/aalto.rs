@@ -33,7 +33,7 @@ struct Stroke {
 /// Parses one participant's file.
 pub fn parse(text: &str, path: &Path) -> Result<(Recording, Diagnostics), ReplayError> {
     let mut lines = text.lines();
-    if !lines.next().is_some_and(|h| h.starts_with(HEADER)) {
+    if lines.next().is_none_or(|h| !h.starts_with(HEADER)) {
         return Err(ReplayError::Header {
             path: path.to_owned(),
             format: "aalto",

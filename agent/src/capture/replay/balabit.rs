@@ -27,7 +27,7 @@ const NO_POSITION: i64 = 65535;
 /// Parses one session file.
 pub fn parse(text: &str, path: &Path) -> Result<(Recording, Diagnostics), ReplayError> {
     let mut lines = text.lines();
-    if !lines.next().is_some_and(|h| h.trim() == HEADER) {
+    if lines.next().is_none_or(|h| h.trim() != HEADER) {
         return Err(ReplayError::Header {
             path: path.to_owned(),
             format: "balabit",
