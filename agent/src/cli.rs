@@ -8,23 +8,35 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use cadence_config::{RawWindowPolicy, WindowPolicy};
+use cadence_config::{Managed, RawWindowPolicy, WindowPolicy, default_managed_path};
 use cadence_wire::FeatureVector;
 use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::capture::replay::{self, Format};
-use crate::capture::{self, CaptureError, EventReceiver, InputSource, MonoClock, Recv, StopFlag};
+use crate::capture::replay::Speed;
+use crate::capture::{self, InputSource, MonoClock, Recv, StopFlag};
+use crate::daemon::{self, PartialWindow, RunConfig, SourceSpec};
+use crate::state::{self, AgentStatus, ConsentFile, Enrollment};
+use crate::uplink::Uplink;
+use cadence_wire::records::{Decision, MonitoringState};
+use cadence_wire::DeviceSigningKey;
 use crate::features::{Windower, window_recording};
 
 /// Cadence agent: verifies the person at the keyboard from typing and pointer *timing* only.
 #[derive(Debug, Parser)]
 #[command(name = "cadence-agent", version, about, long_about = None)]
 struct Cli {
+    /// The agent's data directory (default: the per-user location for this OS).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The organization's managed configuration (default: the system location for this OS,
+    /// e.g. /etc/cadence/agent.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    managed: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +47,78 @@ enum Command {
     Preview(PreviewArgs),
     /// Run recorded data through the capture boundary and feature code; one JSON line per window.
     Replay(ReplayArgs),
+    /// Register this device (and OS user) with a verifier.
+    Enroll(EnrollArgs),
+    /// Record your decision about monitoring on this device: grant, withdraw, or show it.
+    Consent(ConsentArgs),
+    /// Run the agent: capture, features, seal, spool and deliver, while consent is granted.
+    Run(RunArgs),
+    /// Show the agent's state: consent, capture, windows produced, spooled, sent, errors.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct EnrollArgs {
+    /// The verifier's URL, e.g. https://verifier.example:8443.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The enrollment token from the verifier's administrator.
+    #[arg(long, value_name = "TOKEN")]
+    token: String,
+    /// The CA certificate (PEM) the verifier's TLS certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConsentAction {
+    /// Allow monitoring of input timing on this device.
+    Grant,
+    /// Stop monitoring now.
+    Withdraw,
+    /// Show the current decision.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct ConsentArgs {
+    /// grant, withdraw or status.
+    #[arg(value_enum)]
+    action: ConsentAction,
+    /// Print JSON (status).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Input: x11[:DISPLAY], replay:FORMAT:PATH (aalto, balabit) or synthetic[:MINUTES].
+    #[arg(long, value_name = "SOURCE", default_value = "x11")]
+    source: String,
+    /// Replay speed: max, real, or a factor of real time (e.g. 20).
+    #[arg(long, value_name = "SPEED", default_value = "real")]
+    speed: String,
+    #[command(flatten)]
+    window: WindowArgs,
+    /// Spool bound in MiB: when full, the oldest records go first and the gap is reported.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    spool_mib: u64,
+    /// Seconds between heartbeats to the verifier.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    heartbeat_secs: u64,
+    /// At shutdown, emit (if above the minima) or discard the partial window.
+    #[arg(long, value_name = "POLICY", value_parser = ["emit", "discard"], default_value = "emit")]
+    on_shutdown: String,
+    /// Exit once the source has ended and every record is delivered (replay, demos, tests).
+    #[arg(long)]
+    exit_when_done: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -142,9 +226,21 @@ impl Out {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    let dir = cli.data_dir;
+    let managed = match Managed::load(&cli.managed.unwrap_or_else(default_managed_path)) {
+        Ok(m) => m,
+        Err(e) => {
+            Out::say(&format!("cadence-agent: the managed configuration is invalid, refusing to start: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Preview(a) => preview(a),
         Command::Replay(a) => replay(a),
+        Command::Enroll(a) => with_runtime(enroll(dir, a)),
+        Command::Consent(a) => with_runtime(consent(dir, &managed, a)),
+        Command::Run(a) => with_runtime(run(dir, &managed, a)),
+        Command::Status(a) => with_runtime(status(dir, a)),
     };
     match result {
         Ok(code) => code,
@@ -153,6 +249,219 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn with_runtime(f: impl std::future::Future<Output = Result<ExitCode, String>>) -> Result<ExitCode, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .block_on(f)
+}
+
+async fn enroll(dir: Option<PathBuf>, a: EnrollArgs) -> Result<ExitCode, String> {
+    let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
+    let ca_pem = std::fs::read_to_string(&a.ca).map_err(|e| format!("{}: {e}", a.ca.display()))?;
+    let uplink = Uplink::new(&a.server, &ca_pem).map_err(|e| e.to_string())?;
+    let key = DeviceSigningKey::generate().map_err(|e| e.to_string())?;
+    let os_user = state::os_user();
+    let resp = uplink
+        .enroll(&a.token, &key.public_key(), &os_user, &state::hostname())
+        .await
+        .map_err(|e| format!("enrollment failed: {e}"))?;
+    let e = Enrollment {
+        server: a.server.trim_end_matches('/').to_owned(),
+        device_id: resp.device_id,
+        verifier_public_key: resp.verifier_public_key,
+        ca_pem,
+        os_user,
+        enrolled_at_ms: state::now_ms(),
+    };
+    e.save(&dir, &key).map_err(|e| e.to_string())?;
+    Out::stdout().live_line(&format!("enrolled: device {} at {} (data directory {})", e.device_id, e.server, dir.display())).map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn consent(dir: Option<PathBuf>, managed: &Managed, a: ConsentArgs) -> Result<ExitCode, String> {
+    let notice = notice_text(managed);
+    let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
+    let mut out = Out::stdout();
+    let decision = match a.action {
+        ConsentAction::Grant => Decision::Granted,
+        ConsentAction::Withdraw => Decision::Withdrawn,
+        ConsentAction::Status => {
+            let c = ConsentFile::load(&dir).map_err(|e| e.to_string())?;
+            let notice = state::notice_hash(notice);
+            let text = match (&c, a.json) {
+                (_, true) => serde_json::to_string(&c).map_err(|e| e.to_string())?,
+                (None, false) => "no decision yet: nothing is captured".to_owned(),
+                (Some(c), false) if c.allows_capture(&notice) => format!("granted by {} (monitoring allowed)", c.os_user),
+                (Some(c), false) if c.decision == Decision::Granted => "granted for an earlier notice: a new decision is needed".to_owned(),
+                (Some(c), false) => format!("withdrawn by {}: nothing is captured", c.os_user),
+            };
+            out.live_line(&text).map_err(|e| e.to_string())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if decision == Decision::Granted {
+        out.line("You are agreeing to this notice:").map_err(|e| e.to_string())?;
+        out.line(&format!("  {notice}")).map_err(|e| e.to_string())?;
+    }
+    let record = ConsentFile {
+        decision,
+        notice_sha256: state::notice_hash(notice),
+        at_ms: state::now_ms(),
+        os_user: state::os_user(),
+    };
+    record.save(&dir).map_err(|e| e.to_string())?;
+    let told = daemon::control::request(&dir, "reload").await.is_some();
+    let what = match decision {
+        Decision::Granted => "consent granted: monitoring of input timing may start",
+        Decision::Withdrawn => "consent withdrawn: capture stops now",
+    };
+    let tail = if told { "" } else { " (no agent is running; it applies when one starts)" };
+    out.live_line(&format!("{what}{tail}")).map_err(|e| e.to_string())?;
+    if decision == Decision::Granted && a.json {
+        out.live_line(&serde_json::to_string(&record).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The notice in force: the organization's, or the built-in one.
+fn notice_text(managed: &Managed) -> &str {
+    managed.notice.as_deref().unwrap_or(state::DEFAULT_NOTICE)
+}
+
+/// Enrolls silently from the managed configuration when the device is not enrolled yet,
+/// retrying while the verifier cannot be reached.
+async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result<(), String> {
+    if Enrollment::exists(dir) {
+        return Ok(());
+    }
+    let (Some(server), Some(ca_pem), Some(token)) = (&managed.verifier_url, &managed.ca_pem, &managed.enroll_token) else {
+        return Err(state::StateError::NotEnrolled.to_string());
+    };
+    let uplink = Uplink::new(server, ca_pem).map_err(|e| e.to_string())?;
+    let key = DeviceSigningKey::generate().map_err(|e| e.to_string())?;
+    let os_user = state::os_user();
+    let mut backoff = crate::uplink::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+    let resp = loop {
+        match uplink.enroll(token, &key.public_key(), &os_user, &state::hostname()).await {
+            Ok(r) => break r,
+            Err(e) if e.is_retryable() => {
+                let wait = backoff.fail(None);
+                tracing::warn!("silent enrollment: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(format!("silent enrollment failed: {e}")),
+        }
+    };
+    let e = Enrollment {
+        server: server.clone(),
+        device_id: resp.device_id,
+        verifier_public_key: resp.verifier_public_key,
+        ca_pem: ca_pem.clone(),
+        os_user,
+        enrolled_at_ms: state::now_ms(),
+    };
+    e.save(dir, &key).map_err(|e| e.to_string())?;
+    tracing::info!(device = %e.device_id, server = %e.server, "enrolled from the managed configuration");
+    Ok(())
+}
+
+async fn run(dir: Option<PathBuf>, managed: &Managed, a: RunArgs) -> Result<ExitCode, String> {
+    let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
+    enroll_from_managed(&dir, managed).await?;
+    let speed = Speed::parse(&a.speed).ok_or_else(|| format!("--speed: expected max, real or a factor, got {:?}", a.speed))?;
+    let cfg = RunConfig {
+        data_dir: dir,
+        source: SourceSpec::parse(&a.source, speed)?,
+        policy: policy(&a.window, None, None, false)?,
+        spool_max_bytes: a.spool_mib.max(1) * 1024 * 1024,
+        heartbeat: Duration::from_secs(a.heartbeat_secs.max(1)),
+        notice: notice_text(managed).to_owned(),
+        on_shutdown: if a.on_shutdown == "discard" { PartialWindow::Discard } else { PartialWindow::Emit },
+        exit_when_done: a.exit_when_done,
+    };
+    daemon::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
+
+async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String> {
+    let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
+    let live = daemon::control::request(&dir, "status").await;
+    let mut st: AgentStatus = match live.as_deref().map(serde_json::from_str::<AgentStatus>) {
+        Some(Ok(s)) => s,
+        _ => {
+            let mut s = AgentStatus::load(&dir).map_err(|e| e.to_string())?.unwrap_or_default();
+            s.running = false;
+            if let Ok((e, _)) = Enrollment::load(&dir) {
+                s.server = Some(e.server);
+                s.device_id = Some(e.device_id.to_string());
+            }
+            s
+        }
+    };
+    let consent = ConsentFile::load(&dir).map_err(|e| e.to_string())?;
+    if !st.running {
+        // Without a daemon nothing is captured, whatever the last status file said.
+        st.state = match &consent {
+            Some(c) if c.decision == Decision::Withdrawn => Some(MonitoringState::Withdrawn),
+            Some(_) => None,
+            None => Some(MonitoringState::WaitingForConsent),
+        };
+    }
+    let mut out = Out::stdout();
+    if a.json {
+        let mut v = serde_json::to_value(&st).map_err(|e| e.to_string())?;
+        v["consent"] = serde_json::to_value(&consent).map_err(|e| e.to_string())?;
+        out.live_line(&v.to_string()).map_err(|e| e.to_string())?;
+    } else {
+        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let lines = [
+            format!("agent:            {}", if st.running { "running" } else { "not running" }),
+            format!("state:            {}", st.state.map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into())),
+            format!("consent:          {}", consent.as_ref().map(|c| format!("{:?} at {} by {}", c.decision, c.at_ms, c.os_user)).unwrap_or_else(|| "no decision".into())),
+            format!("verifier:         {}", opt(&st.server)),
+            format!("device:           {}", opt(&st.device_id)),
+            format!("capture backend:  {}", opt(&st.backend)),
+            format!("windows produced: {}", st.windows_produced),
+            format!("spooled:          {}", st.spooled),
+            format!("sent:             {}", st.sent),
+            format!("queued:           {}", st.queued),
+            format!("last contact:     {}", st.last_contact_ms.map(|t| format!("{t} ms since epoch")).unwrap_or_else(|| "never".into())),
+            format!("last error:       {}", opt(&st.last_error)),
+        ];
+        for l in lines {
+            out.line(&l).map_err(|e| e.to_string())?;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging() {
@@ -282,7 +591,7 @@ fn preview(a: PreviewArgs) -> Result<ExitCode, String> {
     let clock = MonoClock::start();
     let source = live_source(a.display.clone(), clock)?;
     let stop = StopFlag::new();
-    let (rx, capture) = spawn_capture(source, stop.clone());
+    let (rx, capture) = capture::spawn(source, stop.clone(), 65_536);
     let end = a
         .for_secs
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
@@ -350,43 +659,6 @@ fn live_source(display: Option<String>, clock: MonoClock) -> Result<Box<dyn Inpu
         let _ = (display, clock);
         Err(CaptureError::Unsupported("live").to_string())
     }
-}
-
-/// Runs `source` on its own thread, retrying transient failures (a lost X server) with
-/// backoff; a permanent failure ends capture and is returned from the thread.
-fn spawn_capture(
-    mut source: Box<dyn InputSource>,
-    stop: StopFlag,
-) -> (EventReceiver, thread::JoinHandle<Result<(), CaptureError>>) {
-    let (mut sink, rx) = capture::queue(65_536);
-    let handle = thread::spawn(move || {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            match source.run(&mut sink, &stop) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(
-                        backend = source.name(),
-                        "capture stopped: {e}; retrying in {backoff:?}"
-                    );
-                    sink.mark_gap();
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until {
-                        if stop.is_raised() {
-                            return Ok(());
-                        }
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => {
-                    tracing::error!(backend = source.name(), "capture failed: {e}");
-                    return Err(e);
-                }
-            }
-        }
-    });
-    (rx, handle)
 }
 
 fn table(n: u64, v: &FeatureVector) -> String {

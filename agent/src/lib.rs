@@ -9,4 +9,8 @@
 
 pub mod capture;
 pub mod cli;
+pub mod daemon;
 pub mod features;
+pub mod spool;
+pub mod state;
+pub mod uplink;

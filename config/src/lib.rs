@@ -4,8 +4,10 @@
 //! user files later) is turned into these types once, and every problem is reported at once,
 //! each with the path of the field it concerns. Never panics on bad input.
 
+mod managed;
 mod window;
 
+pub use managed::{MAX_NOTICE_CHARS, Managed, default_managed_path};
 pub use window::{RawWindowPolicy, WindowPolicy};
 
 /// One problem with a configuration value.

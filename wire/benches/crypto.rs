@@ -38,10 +38,12 @@ fn rate(mut f: impl FnMut()) -> f64 {
 }
 
 fn report(what: &str, per_second: f64, unit: &str) {
-    println!(
-        "{what}: {per_second:.0} {unit}/s (one core, {:.1} µs each)",
-        1e6 / per_second
-    );
+    let each = if per_second > 1e6 {
+        format!("{:.0} ns", 1e9 / per_second)
+    } else {
+        format!("{:.1} µs", 1e6 / per_second)
+    };
+    println!("{what}: {per_second:.0} {unit}/s (one core, {each} each)");
 }
 
 fn main() {

@@ -4,11 +4,13 @@
 //! that ever leaves the agent's capture stage. Hands on plain data types with a strict JSON form.
 //! Owns the envelope ([`envelope`]) every record travels in: signed by the device, encrypted to
 //! the verifier, and refused on the verifier's side if anything about it is off.
+//! Owns the other records' payloads and the verifier API's bodies ([`records`]).
 //! Never carries key identity, characters, ordered timings, absolute pointer positions, window
 //! titles or application names: the types have no field that could hold them.
 
 pub mod envelope;
 pub mod features;
+pub mod records;
 
 pub use envelope::{
     DeviceId, DevicePublicKey, DeviceSigningKey, EnvelopeError, Header, Kind, MAX_ENVELOPE_BYTES,

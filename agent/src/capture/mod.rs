@@ -421,6 +421,41 @@ impl PressTable {
     }
 }
 
+/// Runs `source` on its own thread, retrying transient failures (a lost X server) with
+/// backoff; a permanent failure ends capture and is returned from the thread.
+pub fn spawn(
+    mut source: Box<dyn InputSource>,
+    stop: StopFlag,
+    capacity: usize,
+) -> (EventReceiver, std::thread::JoinHandle<Result<(), CaptureError>>) {
+    let (mut sink, rx) = queue(capacity);
+    let handle = std::thread::spawn(move || {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match source.run(&mut sink, &stop) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(
+                        backend = source.name(),
+                        "capture stopped: {e}; retrying in {backoff:?}"
+                    );
+                    sink.mark_gap();
+                    if stop.wait_timeout(backoff) {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::error!(backend = source.name(), "capture failed: {e}");
+                    return Err(e);
+                }
+            }
+        }
+    });
+    (rx, handle)
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

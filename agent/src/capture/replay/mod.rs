@@ -11,6 +11,7 @@
 
 pub mod aalto;
 pub mod balabit;
+pub mod synthetic;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -184,12 +185,23 @@ fn walk(format: Format, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Replay
 }
 
 /// How fast a recording is played into the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {
     /// As fast as the pipeline takes it.
     Max,
-    /// At the recording's own pace.
-    Real,
+    /// At the recording's own pace multiplied by this factor (1 = real time).
+    Times(f64),
+}
+
+impl Speed {
+    /// Parses `max`, `real` or a positive factor such as `20`.
+    pub fn parse(s: &str) -> Option<Speed> {
+        match s {
+            "max" => Some(Speed::Max),
+            "real" => Some(Speed::Times(1.0)),
+            n => n.parse::<f64>().ok().filter(|f| f.is_finite() && *f > 0.0).map(Speed::Times),
+        }
+    }
 }
 
 /// A recording played as an [`InputSource`], for the daemon and for demos.
@@ -217,22 +229,30 @@ impl InputSource for ReplaySource {
     }
 
     fn run(&mut self, sink: &mut EventSink, stop: &StopFlag) -> Result<(), CaptureError> {
+        let mut last_t: Option<u64> = None;
         for rec in &self.recordings {
-            let mut offset: Option<(u64, u64)> = None; // (recording time, clock time) at start
+            // (recording time, clock time) at the recording's start. A later recording starts
+            // an hour after the previous one ended, so no window spans two recordings.
+            let mut offset: Option<(u64, u64, u64)> = None; // (recording, event, wall) at start
+            let start_floor = last_t.map_or(0, |t| t + 3_600_000_000);
             sink.mark_gap();
             for item in &rec.items {
                 if stop.is_raised() {
                     return Ok(());
                 }
                 let Item::Event(ev) = item else { continue };
-                let (rec0, clk0) = *offset.get_or_insert((ev.t_us, self.clock.now_us()));
+                let now = self.clock.now_us();
+                let (rec0, clk0, wall0) = *offset.get_or_insert((ev.t_us, now.max(start_floor), now));
+                // Event times keep the recording's own intervals at every speed; only the
+                // pacing changes, so features are the same as `replay` computes.
                 let t = clk0 + ev.t_us.saturating_sub(rec0);
-                if self.speed == Speed::Real {
-                    let now = self.clock.now_us();
-                    if t > now {
-                        std::thread::sleep(std::time::Duration::from_micros(t - now));
+                if let Speed::Times(f) = self.speed {
+                    let due = wall0 + (ev.t_us.saturating_sub(rec0) as f64 / f) as u64;
+                    if due > now && stop.wait_timeout(std::time::Duration::from_micros(due - now)) {
+                        return Ok(());
                     }
                 }
+                last_t = Some(t);
                 if sink.push_blocking(InputEvent { t_us: t, ..*ev }) == Push::Closed {
                     return Ok(());
                 }

@@ -1,0 +1,683 @@
+//! The agent daemon: capture → features → seal → spool → uplink, gated by consent.
+//!
+//! Owns the running pipeline and its threads: a capture thread per [`InputSource`], a producer
+//! thread that windows events, seals each vector and appends it to the spool (durable before
+//! it counts as produced), and async tasks for delivery, heartbeats, the control socket and
+//! the status file.
+//!
+//! Never captures before an explicit grant of the notice in force, stops capture at once on
+//! withdrawal (discarding the partial window), and never deletes a record the verifier has not
+//! acknowledged. Shutdown starts at the head: capture stops, the producer closes or discards
+//! its partial window by policy, the spool syncs, one last delivery is tried under a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cadence_config::WindowPolicy;
+use cadence_wire::records::{ConsentRecord, GapRecord, Heartbeat, MonitoringState};
+use cadence_wire::{DeviceSigningKey, FeatureVector, Header, Kind, seal};
+use tokio::sync::Notify;
+
+use crate::capture::replay::{self, Format, Recording, ReplaySource, Speed};
+use crate::capture::{self, CaptureError, EventReceiver, InputSource, MonoClock, Recv, StopFlag};
+use crate::features::Windower;
+use crate::spool::{Gap, Spool, SpoolError};
+use crate::state::{self, AgentStatus, ConsentFile, ConsentSent, Enrollment, StateError};
+use crate::uplink::{Backoff, Uplink, UplinkError};
+
+/// Where the daemon's input comes from.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// Live X11 capture (`None`: `$DISPLAY`).
+    X11(Option<String>),
+    /// Recorded files of a dataset format.
+    Replay(Format, PathBuf, Speed),
+    /// A generated recording of plausible input (demonstrations), `minutes` long.
+    Synthetic(f64, Speed),
+    /// No input at all: only deliver what is already spooled.
+    None,
+}
+
+impl SourceSpec {
+    /// Parses `x11[:DISPLAY]`, `replay:FORMAT:PATH` or `synthetic[:MINUTES]`.
+    pub fn parse(s: &str, speed: Speed) -> Result<SourceSpec, String> {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("x11"), None, None) => Ok(SourceSpec::X11(None)),
+            (Some("none"), None, None) => Ok(SourceSpec::None),
+            (Some("x11"), Some(d), None) => Ok(SourceSpec::X11(Some(format!(":{d}")))),
+            (Some("replay"), Some(f), Some(p)) => {
+                let format = Format::parse(f).ok_or_else(|| format!("unknown replay format {f:?}"))?;
+                Ok(SourceSpec::Replay(format, PathBuf::from(p), speed))
+            }
+            (Some("synthetic"), m, None) => {
+                let minutes = m.map_or(Ok(3.0), |m| m.parse::<f64>().map_err(|_| format!("bad minutes {m:?}")))?;
+                Ok(SourceSpec::Synthetic(minutes, speed))
+            }
+            _ => Err(format!("unknown source {s:?}: use x11, replay:FORMAT:PATH, synthetic[:MINUTES] or none")),
+        }
+    }
+
+    fn backend_name(&self) -> &'static str {
+        match self {
+            SourceSpec::X11(_) => "x11-record",
+            SourceSpec::Replay(..) => "replay",
+            SourceSpec::Synthetic(..) => "synthetic",
+            SourceSpec::None => "none",
+        }
+    }
+}
+
+/// What a partial window becomes at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialWindow {
+    /// Emitted if it meets the minimum counts.
+    Emit,
+    /// Dropped.
+    Discard,
+}
+
+/// Checked settings of `cadence-agent run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The agent's data directory.
+    pub data_dir: PathBuf,
+    /// Input source.
+    pub source: SourceSpec,
+    /// Window policy.
+    pub policy: WindowPolicy,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+    /// The notice text consent refers to.
+    pub notice: String,
+    /// Partial window policy at shutdown.
+    pub on_shutdown: PartialWindow,
+    /// Exit once the source has ended and the spool is empty (replay, tests, demos).
+    pub exit_when_done: bool,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// A state file problem (not enrolled, unreadable).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The spool could not be opened or written.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// The uplink could not be set up (bad CA or URL in the enrollment).
+    #[error("uplink: {0}")]
+    Uplink(#[from] UplinkError),
+    /// Capture cannot start at all.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// Another daemon already runs on this data directory.
+    #[error("another agent is already running with data directory {0}")]
+    AlreadyRunning(PathBuf),
+    /// Sealing failed (key problem).
+    #[error("sealing a record failed: {0}")]
+    Seal(String),
+    /// The replay source could not be read.
+    #[error("replay: {0}")]
+    Replay(String),
+    /// A runtime facility failed (socket, thread).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Sequence numbers, the key, the spool: everything needed to turn a payload into a durable
+/// sealed record. One lock, so sequence numbers and spool order always agree.
+struct Outbox {
+    spool: Spool,
+    next_seq: u64,
+    key: DeviceSigningKey,
+    enrollment: Enrollment,
+    /// When each pending record was spooled, for the delivery latency figure.
+    spooled_at: HashMap<u64, Instant>,
+}
+
+impl Outbox {
+    fn seal(&self, kind: Kind, seq: u64, payload: &[u8]) -> Result<Vec<u8>, DaemonError> {
+        let header = Header::new(kind, self.enrollment.device_id, seq, state::now_ms());
+        seal(&header, payload, &self.key, &self.enrollment.verifier_public_key)
+            .map_err(|e| DaemonError::Seal(e.to_string()))
+    }
+
+    /// Seals and appends one record durably; reports any eviction as a gap record.
+    /// `since` is when the record came to be (a window's close), for the delivery latency.
+    fn put(&mut self, kind: Kind, payload: &[u8], since: Instant) -> Result<u64, DaemonError> {
+        let seq = self.next_seq;
+        let bytes = self.seal(kind, seq, payload)?;
+        let appended = self.spool.append(seq, &bytes)?;
+        self.next_seq = seq + 1;
+        self.spooled_at.insert(seq, since);
+        if let Some(gap) = appended.evicted {
+            tracing::warn!(first = gap.first_seq, last = gap.last_seq, count = gap.count, "spool full: oldest records dropped");
+        }
+        self.report_gaps()?;
+        Ok(seq)
+    }
+
+    /// Seals a gap record for every eviction not yet reported.
+    fn report_gaps(&mut self) -> Result<(), DaemonError> {
+        // Bounded: each gap record is small, and at most a few evictions can chain.
+        for _ in 0..8 {
+            let gaps: Vec<Gap> = self.spool.unreported_gaps().to_vec();
+            if gaps.is_empty() {
+                return Ok(());
+            }
+            for g in &gaps {
+                let rec = GapRecord { first_seq: g.first_seq, last_seq: g.last_seq, count: g.count, reason: "spool full".into() };
+                let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
+                let seq = self.next_seq;
+                let bytes = self.seal(Kind::Gap, seq, &payload)?;
+                let _ = self.spool.append(seq, &bytes)?;
+                self.next_seq = seq + 1;
+            }
+            self.spool.gaps_reported(&gaps)?;
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the daemon's threads and tasks.
+struct Shared {
+    cfg: RunConfig,
+    outbox: Mutex<Outbox>,
+    status: Mutex<AgentStatus>,
+    /// Wakes the delivery task when a record was spooled.
+    spooled: Notify,
+    /// Wakes the consent controller (control socket `reload`).
+    reload: Notify,
+    /// Raised when the input source has ended by itself (a replay finished).
+    source_done: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would be a bug; the data is still the best we have.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
+        let mut s = lock(&self.status);
+        f(&mut s);
+    }
+}
+
+/// A running capture: its stop flag and the producer thread that ends after it.
+struct Pipeline {
+    stop: StopFlag,
+    /// Raised on withdrawal: the partial window is dropped, not emitted.
+    discard: Arc<AtomicBool>,
+    producer: thread::JoinHandle<()>,
+}
+
+/// Runs the daemon until `shutdown` resolves (or the source ends with `exit_when_done`).
+pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let dir = cfg.data_dir.clone();
+    state::ensure_dir(&dir)?;
+    let (enrollment, key) = Enrollment::load(&dir)?;
+    let uplink = Uplink::new(&enrollment.server, &enrollment.ca_pem)?;
+    let control = control::bind(&dir).await?;
+
+    let (spool, recovery) = Spool::open(&dir.join("spool"), cfg.spool_max_bytes)?;
+    if recovery.torn_bytes_dropped > 0 || recovery.corrupt_bytes_dropped > 0 {
+        tracing::warn!(
+            torn = recovery.torn_bytes_dropped,
+            corrupt = recovery.corrupt_bytes_dropped,
+            "spool recovered from an interrupted write"
+        );
+    }
+    tracing::info!(pending = spool.stats().records_pending, next_seq = recovery.next_seq, "spool open");
+    let mut outbox = Outbox { spool, next_seq: recovery.next_seq.max(1), key, enrollment: enrollment.clone(), spooled_at: HashMap::new() };
+    outbox.report_gaps()?;
+    let status = AgentStatus {
+        running: true,
+        server: Some(enrollment.server.clone()),
+        device_id: Some(enrollment.device_id.to_string()),
+        backend: Some(cfg.source.backend_name().to_owned()),
+        queued: outbox.spool.stats().records_pending as u64,
+        ..AgentStatus::default()
+    };
+    let nothing_to_capture = matches!(cfg.source, SourceSpec::None);
+    let shared = Arc::new(Shared {
+        cfg,
+        outbox: Mutex::new(outbox),
+        status: Mutex::new(status),
+        spooled: Notify::new(),
+        reload: Notify::new(),
+        source_done: AtomicBool::new(nothing_to_capture),
+    });
+
+    let control_task = tokio::spawn(control::serve(control, shared.clone()));
+    let delivery = tokio::spawn(deliver(shared.clone(), uplink.clone()));
+    let status_task = tokio::spawn(write_status(shared.clone()));
+
+    let mut pipeline: Option<Pipeline> = None;
+    let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);
+    tokio::pin!(shutdown);
+    loop {
+        // Consent decides, every time something may have changed it.
+        let consent = ConsentFile::load(&dir)?;
+        record_consent_change(&shared, consent.as_ref())?;
+        let notice = state::notice_hash(&shared.cfg.notice);
+        let allowed = consent.as_ref().is_some_and(|c| c.allows_capture(&notice));
+        let new_state = match (&consent, allowed) {
+            (_, true) => MonitoringState::Monitoring,
+            (Some(c), false) if c.decision == cadence_wire::records::Decision::Withdrawn => MonitoringState::Withdrawn,
+            _ => MonitoringState::WaitingForConsent,
+        };
+        let changed = lock(&shared.status).state != Some(new_state);
+        if allowed && pipeline.is_none() && !shared.source_done.load(Ordering::SeqCst) {
+            pipeline = Some(start_pipeline(shared.clone())?);
+            tracing::info!(backend = shared.cfg.source.backend_name(), "consent granted: capture started");
+        } else if !allowed && let Some(p) = pipeline.take() {
+            stop_pipeline(p, true).await;
+            tracing::info!("consent withdrawn or missing: capture stopped, partial window discarded");
+        }
+        if !allowed && changed {
+            tracing::info!("waiting for consent: nothing is captured (`cadence-agent consent grant`)");
+        }
+        shared.set_status(|s| s.state = Some(new_state));
+        if changed {
+            send_heartbeat(&shared, &uplink).await;
+        }
+
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = shared.reload.notified() => {}
+            _ = heartbeat.tick() => send_heartbeat(&shared, &uplink).await,
+            _ = tokio::time::sleep(Duration::from_millis(200)), if shared.cfg.exit_when_done => {
+                if shared.source_done.load(Ordering::SeqCst) && lock(&shared.outbox).spool.stats().records_pending == 0 {
+                    tracing::info!("source ended and every record is delivered: exiting");
+                    break;
+                }
+            }
+        }
+    }
+
+    // Shutdown from the head of the pipeline.
+    if let Some(p) = pipeline.take() {
+        stop_pipeline(p, shared.cfg.on_shutdown == PartialWindow::Discard).await;
+    }
+    lock(&shared.outbox).spool.sync()?;
+    delivery.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(3), deliver_once(&shared, &uplink)).await;
+    control_task.abort();
+    status_task.abort();
+    shared.set_status(|s| s.running = false);
+    let snapshot = lock(&shared.status).clone();
+    snapshot.save(&dir)?;
+    control::unbind(&dir);
+    Ok(())
+}
+
+/// Seals the user's latest decision into the spool if it has not been sealed yet.
+fn record_consent_change(shared: &Shared, consent: Option<&ConsentFile>) -> Result<(), DaemonError> {
+    let Some(c) = consent else { return Ok(()) };
+    let dir = &shared.cfg.data_dir;
+    if ConsentSent::load(dir)?.at_ms >= c.at_ms {
+        return Ok(());
+    }
+    let rec = ConsentRecord { decision: c.decision, notice_sha256: c.notice_sha256.clone(), at_ms: c.at_ms, os_user: c.os_user.clone() };
+    let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
+    let seq = lock(&shared.outbox).put(Kind::Consent, &payload, Instant::now())?;
+    ConsentSent { at_ms: c.at_ms }.save(dir)?;
+    shared.set_status(|s| s.spooled += 1);
+    shared.spooled.notify_one();
+    tracing::info!(seq, decision = ?c.decision, "consent decision recorded for the verifier");
+    Ok(())
+}
+
+fn make_source(spec: &SourceSpec, clock: MonoClock) -> Result<Box<dyn InputSource>, DaemonError> {
+    match spec {
+        #[cfg(target_os = "linux")]
+        SourceSpec::X11(display) => {
+            capture::x11::probe(display.as_deref())?;
+            Ok(Box::new(capture::x11::X11Record::new(display.clone(), clock)))
+        }
+        #[cfg(not(target_os = "linux"))]
+        SourceSpec::X11(_) => Err(CaptureError::Unsupported("X11").into()),
+        SourceSpec::Replay(format, path, speed) => {
+            let files = replay::expand(*format, std::slice::from_ref(path)).map_err(|e| DaemonError::Replay(e.to_string()))?;
+            let mut recs: Vec<Recording> = Vec::new();
+            for f in files {
+                let (rec, diag) = replay::read_file(*format, &f).map_err(|e| DaemonError::Replay(e.to_string()))?;
+                if !diag.bad_lines.is_empty() {
+                    tracing::warn!(file = %f.display(), bad_lines = diag.bad_lines.len(), "replay: malformed lines skipped");
+                }
+                recs.push(rec);
+            }
+            Ok(Box::new(ReplaySource::new(recs, *speed, clock)))
+        }
+        SourceSpec::Synthetic(minutes, speed) => {
+            let rec = replay::synthetic::generate(1, *minutes);
+            Ok(Box::new(ReplaySource::new(vec![rec], *speed, clock)))
+        }
+        SourceSpec::None => Ok(Box::new(ReplaySource::new(Vec::new(), Speed::Max, clock))),
+    }
+}
+
+fn start_pipeline(shared: Arc<Shared>) -> Result<Pipeline, DaemonError> {
+    let clock = MonoClock::start();
+    let source = make_source(&shared.cfg.source, clock)?;
+    let stop = StopFlag::new();
+    let discard = Arc::new(AtomicBool::new(false));
+    let (rx, capture_thread) = capture::spawn(source, stop.clone(), 65_536);
+    let d = discard.clone();
+    let producer = thread::Builder::new()
+        .name("cadence-producer".into())
+        .spawn(move || produce(shared, rx, clock, d, capture_thread))
+        .map_err(|e| DaemonError::Runtime(format!("cannot start the producer thread: {e}")))?;
+    Ok(Pipeline { stop, discard, producer })
+}
+
+async fn stop_pipeline(p: Pipeline, discard: bool) {
+    p.discard.store(discard, Ordering::SeqCst);
+    p.stop.raise();
+    let producer = p.producer;
+    let _ = tokio::task::spawn_blocking(move || producer.join()).await;
+}
+
+/// The producer thread: windows events, seals and spools every emitted vector.
+fn produce(
+    shared: Arc<Shared>,
+    rx: EventReceiver,
+    clock: MonoClock,
+    discard: Arc<AtomicBool>,
+    capture: thread::JoinHandle<Result<(), CaptureError>>,
+) {
+    let mut w = Windower::new(shared.cfg.policy);
+    let emit = |v: FeatureVector| {
+        let closed_at = Instant::now();
+        let payload = match serde_json::to_vec(&v) {
+            Ok(p) => p,
+            Err(e) => return tracing::error!("cannot encode a window: {e}"),
+        };
+        let res = lock(&shared.outbox).put(Kind::Features, &payload, closed_at);
+        match res {
+            Ok(seq) => {
+                tracing::debug!(seq, "window spooled");
+                shared.set_status(|s| {
+                    s.windows_produced += 1;
+                    s.spooled += 1;
+                });
+                shared.spooled.notify_one();
+            }
+            Err(e) => {
+                tracing::error!("a window could not be spooled: {e}");
+                shared.set_status(|s| s.last_error = Some(format!("spool: {e}")));
+            }
+        }
+    };
+    loop {
+        let deadline = w.deadline_us().map(|t| clock.instant_at(t));
+        match rx.recv(deadline) {
+            Recv::Event(ev) => {
+                if discard.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if let Some(v) = w.push(&ev) {
+                    emit(v);
+                }
+            }
+            Recv::Timeout => {
+                if let Some(v) = w.tick(clock.now_us()) {
+                    emit(v);
+                }
+            }
+            Recv::Closed => break,
+        }
+    }
+    shared.set_status(|s| s.dropped_events = rx.dropped());
+    if discard.load(Ordering::SeqCst) {
+        tracing::debug!("partial window discarded");
+    } else if let Some(v) = w.close() {
+        emit(v);
+    }
+    match capture.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!("capture ended: {e}");
+            shared.set_status(|s| s.last_error = Some(e.to_string()));
+        }
+        Err(_) => tracing::error!("the capture thread panicked"),
+    }
+    if !matches!(shared.cfg.source, SourceSpec::X11(_)) {
+        shared.source_done.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Delivers spooled records for as long as the daemon runs.
+async fn deliver(shared: Arc<Shared>, uplink: Uplink) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(300));
+    loop {
+        match deliver_once(&shared, &uplink).await {
+            Ok(0) => {
+                // Nothing pending: sleep until something is spooled.
+                shared.spooled.notified().await;
+            }
+            Ok(_) => backoff.reset(),
+            Err(e) => {
+                let retry_after = match &e {
+                    UplinkError::Busy { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let wait = backoff.fail(retry_after);
+                tracing::warn!("delivery failed: {e}; retrying in {wait:?}");
+                shared.set_status(|s| s.last_error = Some(e.to_string()));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// One batch: reads the oldest pending records, sends them, acknowledges what was committed.
+/// Returns how many records the batch held.
+async fn deliver_once(shared: &Shared, uplink: &Uplink) -> Result<usize, UplinkError> {
+    let batch = {
+        let ob = lock(&shared.outbox);
+        match ob.spool.pending(256, 4 * 1024 * 1024) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot read the spool: {e}");
+                return Ok(0);
+            }
+        }
+    };
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let (seqs, bytes): (Vec<u64>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+    let resp = uplink.send(&bytes).await?;
+    let mut done: Vec<u64> = resp.acked.clone();
+    for r in &resp.rejected {
+        // Refused for good (a damaged record): keeping it would block every later record.
+        tracing::error!(seq = ?r.seq, reason = %r.reason, "the verifier refused a record; dropping it");
+        if let Some(s) = r.seq {
+            done.push(s);
+        }
+    }
+    let now = Instant::now();
+    let mut ob = lock(&shared.outbox);
+    if let Err(e) = ob.spool.ack(&done) {
+        tracing::error!("cannot record acknowledgements: {e}");
+    }
+    let mut latencies: Vec<f64> = Vec::new();
+    for s in &resp.acked {
+        if let Some(t) = ob.spooled_at.remove(s) {
+            latencies.push(now.duration_since(t).as_secs_f64() * 1000.0);
+        }
+    }
+    let queued = ob.spool.stats().records_pending as u64;
+    drop(ob);
+    let sent = resp.acked.len() as u64;
+    shared.set_status(|s| {
+        s.sent += sent;
+        s.queued = queued;
+        s.last_contact_ms = Some(state::now_ms());
+        s.last_error = None;
+        latency::record(s, &latencies);
+    });
+    tracing::debug!(sent, queued, ?seqs, "batch delivered");
+    Ok(seqs.len())
+}
+
+async fn send_heartbeat(shared: &Shared, uplink: &Uplink) {
+    let (bytes, hb) = {
+        let ob = lock(&shared.outbox);
+        let hb = Heartbeat {
+            state: lock(&shared.status).state.unwrap_or(MonitoringState::WaitingForConsent),
+            queued: ob.spool.stats().records_pending as u64,
+        };
+        let Ok(payload) = serde_json::to_vec(&hb) else { return };
+        // Heartbeats are not spooled: sequence number 0, judged by their time.
+        match ob.seal(Kind::Heartbeat, 0, &payload) {
+            Ok(b) => (b, hb),
+            Err(e) => return tracing::error!("cannot seal a heartbeat: {e}"),
+        }
+    };
+    match uplink.send(&[bytes]).await {
+        Ok(_) => shared.set_status(|s| s.last_contact_ms = Some(state::now_ms())),
+        Err(e) => tracing::debug!(state = ?hb.state, "heartbeat not delivered: {e}"),
+    }
+}
+
+async fn write_status(shared: Arc<Shared>) {
+    let mut last = AgentStatus::default();
+    loop {
+        let now = lock(&shared.status).clone();
+        if now != last {
+            if let Err(e) = now.save(&shared.cfg.data_dir) {
+                tracing::warn!("cannot write the status file: {e}");
+            }
+            last = now;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+mod latency {
+    //! Delivery latency over the most recent records, for `status`.
+    use std::sync::Mutex;
+
+    use crate::state::AgentStatus;
+
+    static RECENT: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+    const KEEP: usize = 10_000;
+
+    pub(super) fn record(s: &mut AgentStatus, new: &[f64]) {
+        let mut r = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+        r.extend_from_slice(new);
+        if r.len() > KEEP {
+            let cut = r.len() - KEEP;
+            r.drain(..cut);
+        }
+        if r.is_empty() {
+            return;
+        }
+        let mut v = r.clone();
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        s.delivery_ms_p50 = Some((q(0.5) * 100.0).round() / 100.0);
+        s.delivery_ms_p99 = Some((q(0.99) * 100.0).round() / 100.0);
+    }
+}
+
+pub mod control {
+    //! The control socket (`agent.sock` in the data directory): one line in, one line out.
+    //! `reload` re-reads the consent file at once (the `consent` command sends it);
+    //! `status` answers the live [`AgentStatus`](crate::state::AgentStatus) as JSON.
+    //! Only the directory's owner can reach it (the directory is 0700).
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{DaemonError, Shared, lock};
+
+    #[cfg(unix)]
+    pub(super) type Listener = tokio::net::UnixListener;
+    #[cfg(not(unix))]
+    pub(super) type Listener = ();
+
+    /// Binds the socket; refuses when another daemon answers on it.
+    #[cfg(unix)]
+    pub(super) async fn bind(dir: &Path) -> Result<Listener, DaemonError> {
+        let path = dir.join("agent.sock");
+        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+            return Err(DaemonError::AlreadyRunning(dir.to_owned()));
+        }
+        let _ = std::fs::remove_file(&path);
+        tokio::net::UnixListener::bind(&path)
+            .map_err(|e| DaemonError::Runtime(format!("cannot open the control socket {}: {e}", path.display())))
+    }
+
+    #[cfg(not(unix))]
+    pub(super) async fn bind(_dir: &Path) -> Result<Listener, DaemonError> {
+        Ok(())
+    }
+
+    pub(super) fn unbind(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join("agent.sock"));
+    }
+
+    #[cfg(unix)]
+    pub(super) async fn serve(listener: Listener, shared: Arc<Shared>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(r).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let answer = match line.trim() {
+                    "reload" => {
+                        shared.reload.notify_one();
+                        "ok".to_owned()
+                    }
+                    "status" => serde_json::to_string(&*lock(&shared.status)).unwrap_or_default(),
+                    other => format!("unknown command {other:?}"),
+                };
+                let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
+            });
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(super) async fn serve(_listener: Listener, _shared: Arc<Shared>) {}
+
+    /// Sends one command to a running daemon; `None` when none answers.
+    #[cfg(unix)]
+    pub async fn request(dir: &Path, command: &str) -> Option<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::UnixStream::connect(dir.join("agent.sock")).await.ok()?;
+        let (r, mut w) = stream.into_split();
+        w.write_all(format!("{command}\n").as_bytes()).await.ok()?;
+        let mut line = String::new();
+        BufReader::new(r).read_line(&mut line).await.ok()?;
+        Some(line.trim().to_owned())
+    }
+
+    /// Sends one command to a running daemon; `None` when none answers.
+    #[cfg(not(unix))]
+    pub async fn request(_dir: &Path, _command: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Whether `dir` looks like an agent data directory with a daemon answering.
+pub async fn daemon_running(dir: &Path) -> bool {
+    control::request(dir, "status").await.is_some()
+}

@@ -1,0 +1,351 @@
+//! The verifier's settings: flags and an optional TOML file, checked once into [`Settings`].
+//!
+//! Owns the defaults (everything works with no file at all: SQLite and a development CA in
+//! the data directory, HTTPS on `127.0.0.1:8443`) and the file format. Hands on [`Settings`],
+//! whose values are already checked. Never half-accepts a file: every problem is reported at
+//! once with its field path ([`Error::Config`]), and an unknown field is a problem.
+//!
+//! # File format (`--config FILE`, TOML, every field optional)
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `listen` | string | socket address to serve on, e.g. `"0.0.0.0:443"`; `--listen` overrides it |
+//! | `tls_cert` | path | PEM certificate chain (server certificate first); needs `tls_key` |
+//! | `tls_key` | path | PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert` |
+//! | `database_url` | string | `sqlite://PATH`; PostgreSQL is not supported yet |
+//! | `enroll_tokens` | array of strings | tokens accepted besides those made by `token create` |
+//! | `max_body_bytes` | integer | largest ingest body accepted, at most 8 MiB (the default) |
+//!
+//! Relative paths are relative to the file's directory. Without `tls_cert`/`tls_key`, a
+//! development CA and a server certificate for `127.0.0.1`, `::1` and `localhost` are made in
+//! the data directory on first start.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use cadence_wire::records::MAX_BATCH_BYTES;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Where the verifier listens when neither `--listen` nor the file says.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+/// The SQLite file's name inside the data directory, when `database_url` is not set.
+pub const DATABASE_FILE: &str = "verifier.db";
+/// Shortest enrollment token accepted from the file: anything shorter can be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Smallest `max_body_bytes`: one small envelope and its frame must fit.
+pub const MIN_BODY_BYTES: usize = 1024;
+
+/// Checked settings of one verifier.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The data directory: keys, development CA, SQLite database.
+    pub data_dir: PathBuf,
+    /// Where to listen for HTTPS.
+    pub listen: SocketAddr,
+    /// Where the TLS certificate comes from.
+    pub tls: TlsSource,
+    /// Which database to use.
+    pub database: Database,
+    /// Enrollment tokens from the file, accepted besides the stored ones. Secret.
+    pub extra_tokens: Vec<String>,
+    /// Largest ingest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Where the server's certificate and key come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A development CA and server certificate in the data directory, made on first start.
+    DevCa,
+    /// Files given by the operator.
+    Files {
+        /// PEM certificate chain, server certificate first.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+}
+
+/// Which database holds the verifier's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Database {
+    /// A SQLite file (created if missing).
+    Sqlite(PathBuf),
+}
+
+/// The file as written, before any check.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    database_url: Option<String>,
+    enroll_tokens: Option<Vec<String>>,
+    max_body_bytes: Option<i64>,
+}
+
+impl Settings {
+    /// The defaults for `data_dir`: no file, no overrides.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Settings {
+        let data_dir = data_dir.into();
+        Settings {
+            database: Database::Sqlite(data_dir.join(DATABASE_FILE)),
+            data_dir,
+            listen: DEFAULT_LISTEN,
+            tls: TlsSource::DevCa,
+            extra_tokens: Vec::new(),
+            max_body_bytes: MAX_BATCH_BYTES,
+        }
+    }
+
+    /// Settings from the command line: the data directory (default: [`default_data_dir`]), an
+    /// optional configuration file, and an optional `--listen` that wins over the file.
+    pub fn load(
+        data_dir: Option<PathBuf>,
+        config_file: Option<&Path>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Settings, Error> {
+        let data_dir = match data_dir {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let mut settings = match config_file {
+            None => Settings::with_data_dir(data_dir),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                Settings::from_toml(&text, base, data_dir)?
+            }
+        };
+        if let Some(listen) = listen {
+            settings.listen = listen;
+        }
+        Ok(settings)
+    }
+
+    /// Parses and checks a configuration file's text; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path, data_dir: PathBuf) -> Result<Settings, Error> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| Error::Config {
+            problems: vec![syntax_problem(text, e.message(), e.span())],
+        })?;
+        let mut settings = Settings::with_data_dir(data_dir);
+        let mut problems = Vec::new();
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        if let Some(listen) = raw.listen {
+            match listen.parse() {
+                Ok(addr) => settings.listen = addr,
+                Err(_) => problems.push(format!(
+                    "listen: {listen:?} is not a socket address (like \"127.0.0.1:8443\" or \"[::]:443\")"
+                )),
+            }
+        }
+        match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => {
+                settings.tls = TlsSource::Files {
+                    cert: resolve(cert),
+                    key: resolve(key),
+                }
+            }
+            (Some(_), None) => problems.push("tls_key: missing; tls_cert needs its key".to_owned()),
+            (None, Some(_)) => {
+                problems.push("tls_cert: missing; tls_key needs its certificate".to_owned())
+            }
+            (None, None) => {}
+        }
+        if let Some(url) = raw.database_url {
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                if path.is_empty() {
+                    problems.push("database_url: sqlite:// needs a file path".to_owned());
+                } else {
+                    settings.database = Database::Sqlite(resolve(PathBuf::from(path)));
+                }
+            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                problems.push(
+                    "database_url: PostgreSQL is not supported yet; use sqlite://PATH".to_owned(),
+                );
+            } else {
+                problems.push(format!(
+                    "database_url: {} is not a supported URL; use sqlite://PATH",
+                    redact_url(&url)
+                ));
+            }
+        }
+        if let Some(tokens) = raw.enroll_tokens {
+            for (i, t) in tokens.iter().enumerate() {
+                if t.len() < MIN_TOKEN_LEN {
+                    problems.push(format!(
+                        "enroll_tokens[{i}]: shorter than {MIN_TOKEN_LEN} characters, too easy to guess"
+                    ));
+                } else if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    problems.push(format!(
+                        "enroll_tokens[{i}]: contains whitespace or control characters"
+                    ));
+                }
+            }
+            settings.extra_tokens = tokens;
+        }
+        if let Some(n) = raw.max_body_bytes {
+            match usize::try_from(n) {
+                Ok(n) if (MIN_BODY_BYTES..=MAX_BATCH_BYTES).contains(&n) => {
+                    settings.max_body_bytes = n
+                }
+                _ => problems.push(format!(
+                    "max_body_bytes: {n} is outside {MIN_BODY_BYTES}..={MAX_BATCH_BYTES}"
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(Error::Config { problems })
+        }
+    }
+
+    /// The development CA's certificate, when this verifier uses one.
+    pub fn dev_ca_path(&self) -> Option<PathBuf> {
+        match self.tls {
+            TlsSource::DevCa => Some(self.data_dir.join(crate::tls::CA_CERT_FILE)),
+            TlsSource::Files { .. } => None,
+        }
+    }
+}
+
+/// The per-OS default data directory: `directories`' data dir for `cadence`, then `verifier`.
+pub fn default_data_dir() -> Result<PathBuf, Error> {
+    directories::ProjectDirs::from("", "", "cadence")
+        .map(|d| d.data_dir().join("verifier"))
+        .ok_or(Error::NoDataDir)
+}
+
+/// A TOML error as `key: message (line L, column C)`, the key being the one assigned on the
+/// line the error points at (when there is one). Never quotes the value: it may be a token.
+fn syntax_problem(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return message.to_owned() };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    match key {
+        Some(key) => format!("{key}: {message} (line {line_no}, column {column})"),
+        None => format!("{message} (line {line_no}, column {column})"),
+    }
+}
+
+/// A URL with any `user:password@` part blanked out, safe to print.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..]),
+        _ => format!("{url:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, Error> {
+        Settings::from_toml(text, Path::new("/etc/cadence"), PathBuf::from("/data"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(Error::Config { problems }) => problems,
+            other => panic!("expected config problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.listen, DEFAULT_LISTEN);
+        assert_eq!(s.tls, TlsSource::DevCa);
+        assert_eq!(s.database, Database::Sqlite(PathBuf::from("/data/verifier.db")));
+        assert_eq!(s.max_body_bytes, MAX_BATCH_BYTES);
+        assert_eq!(s.dev_ca_path(), Some(PathBuf::from("/data/ca.pem")));
+    }
+
+    #[test]
+    fn every_field_is_read_and_paths_are_resolved() {
+        let s = parse(
+            r#"
+            listen = "0.0.0.0:443"
+            tls_cert = "tls/cert.pem"
+            tls_key = "/abs/key.pem"
+            database_url = "sqlite://db/v.db"
+            enroll_tokens = ["0123456789abcdef0123"]
+            max_body_bytes = 65536
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(
+            s.tls,
+            TlsSource::Files {
+                cert: PathBuf::from("/etc/cadence/tls/cert.pem"),
+                key: PathBuf::from("/abs/key.pem")
+            }
+        );
+        assert_eq!(s.database, Database::Sqlite(PathBuf::from("/etc/cadence/db/v.db")));
+        assert_eq!(s.extra_tokens, vec!["0123456789abcdef0123".to_owned()]);
+        assert_eq!(s.max_body_bytes, 65536);
+        assert_eq!(s.dev_ca_path(), None);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_field() {
+        let p = problems(
+            r#"
+            listen = "localhost"
+            tls_cert = "c.pem"
+            database_url = "postgres://u:secret@db/cadence"
+            enroll_tokens = ["short", "0123456789abcdef 0123"]
+            max_body_bytes = 0
+            "#,
+        );
+        assert_eq!(p.len(), 6, "{p:#?}");
+        assert!(p[0].starts_with("listen:"));
+        assert!(p[1].starts_with("tls_key:"));
+        assert!(p[2].contains("PostgreSQL is not supported yet"));
+        assert!(p[3].starts_with("enroll_tokens[0]:"));
+        assert!(p[4].starts_with("enroll_tokens[1]:"));
+        assert!(p[5].starts_with("max_body_bytes:"));
+        let all = p.join("\n");
+        assert!(!all.contains("secret"), "{all}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_types_are_refused() {
+        let p = problems("listen = \"127.0.0.1:1\"\ndatabase = \"x\"\n");
+        assert!(p[0].contains("database"), "{p:?}");
+        assert!(p[0].contains("line 2"), "{p:?}");
+        let p = problems("max_body_bytes = \"big\"");
+        assert!(p[0].starts_with("max_body_bytes:"), "{p:?}");
+        let p = problems("database_url = \"mysql://x\"");
+        assert!(p[0].starts_with("database_url:"), "{p:?}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n").unwrap();
+        let s = Settings::load(Some(dir.path().to_owned()), Some(&file), None).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9000".parse().unwrap());
+        let s = Settings::load(
+            Some(dir.path().to_owned()),
+            Some(&file),
+            Some("127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 0);
+    }
+}
