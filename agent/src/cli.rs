@@ -16,15 +16,16 @@ use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::capture::replay::{self, Format};
 use crate::capture::replay::Speed;
+use crate::capture::replay::{self, Format};
 use crate::capture::{self, InputSource, MonoClock, Recv, StopFlag};
 use crate::daemon::{self, PartialWindow, RunConfig, SourceSpec};
+use crate::features::{Windower, window_recording};
+use crate::guard::{Guard, LocalAction};
 use crate::state::{self, AgentStatus, ConsentFile, Enrollment};
 use crate::uplink::Uplink;
-use cadence_wire::records::{Decision, MonitoringState};
 use cadence_wire::DeviceSigningKey;
-use crate::features::{Windower, window_recording};
+use cadence_wire::records::{Decision, MonitoringState};
 
 /// Cadence agent: verifies the person at the keyboard from typing and pointer *timing* only.
 #[derive(Debug, Parser)]
@@ -112,6 +113,10 @@ struct RunArgs {
     /// Exit once the source has ended and every record is delivered (replay, demos, tests).
     #[arg(long)]
     exit_when_done: bool,
+    /// What to do on this device when keystroke injection is detected: none, lock, or
+    /// command:CMD. The verifier is told in every case.
+    #[arg(long, value_name = "ACTION", default_value = "none")]
+    on_injection: String,
 }
 
 #[derive(Debug, Args)]
@@ -230,7 +235,9 @@ pub fn main() -> ExitCode {
     let managed = match Managed::load(&cli.managed.unwrap_or_else(default_managed_path)) {
         Ok(m) => m,
         Err(e) => {
-            Out::say(&format!("cadence-agent: the managed configuration is invalid, refusing to start: {e}"));
+            Out::say(&format!(
+                "cadence-agent: the managed configuration is invalid, refusing to start: {e}"
+            ));
             return ExitCode::from(2);
         }
     };
@@ -251,7 +258,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn with_runtime(f: impl std::future::Future<Output = Result<ExitCode, String>>) -> Result<ExitCode, String> {
+fn with_runtime(
+    f: impl std::future::Future<Output = Result<ExitCode, String>>,
+) -> Result<ExitCode, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -278,11 +287,22 @@ async fn enroll(dir: Option<PathBuf>, a: EnrollArgs) -> Result<ExitCode, String>
         enrolled_at_ms: state::now_ms(),
     };
     e.save(&dir, &key).map_err(|e| e.to_string())?;
-    Out::stdout().live_line(&format!("enrolled: device {} at {} (data directory {})", e.device_id, e.server, dir.display())).map_err(|e| e.to_string())?;
+    Out::stdout()
+        .live_line(&format!(
+            "enrolled: device {} at {} (data directory {})",
+            e.device_id,
+            e.server,
+            dir.display()
+        ))
+        .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn consent(dir: Option<PathBuf>, managed: &Managed, a: ConsentArgs) -> Result<ExitCode, String> {
+async fn consent(
+    dir: Option<PathBuf>,
+    managed: &Managed,
+    a: ConsentArgs,
+) -> Result<ExitCode, String> {
     let notice = notice_text(managed);
     let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
     let mut out = Out::stdout();
@@ -295,8 +315,12 @@ async fn consent(dir: Option<PathBuf>, managed: &Managed, a: ConsentArgs) -> Res
             let text = match (&c, a.json) {
                 (_, true) => serde_json::to_string(&c).map_err(|e| e.to_string())?,
                 (None, false) => "no decision yet: nothing is captured".to_owned(),
-                (Some(c), false) if c.allows_capture(&notice) => format!("granted by {} (monitoring allowed)", c.os_user),
-                (Some(c), false) if c.decision == Decision::Granted => "granted for an earlier notice: a new decision is needed".to_owned(),
+                (Some(c), false) if c.allows_capture(&notice) => {
+                    format!("granted by {} (monitoring allowed)", c.os_user)
+                }
+                (Some(c), false) if c.decision == Decision::Granted => {
+                    "granted for an earlier notice: a new decision is needed".to_owned()
+                }
                 (Some(c), false) => format!("withdrawn by {}: nothing is captured", c.os_user),
             };
             out.live_line(&text).map_err(|e| e.to_string())?;
@@ -304,8 +328,10 @@ async fn consent(dir: Option<PathBuf>, managed: &Managed, a: ConsentArgs) -> Res
         }
     };
     if decision == Decision::Granted {
-        out.line("You are agreeing to this notice:").map_err(|e| e.to_string())?;
-        out.line(&format!("  {notice}")).map_err(|e| e.to_string())?;
+        out.line("You are agreeing to this notice:")
+            .map_err(|e| e.to_string())?;
+        out.line(&format!("  {notice}"))
+            .map_err(|e| e.to_string())?;
     }
     let record = ConsentFile {
         decision,
@@ -319,10 +345,16 @@ async fn consent(dir: Option<PathBuf>, managed: &Managed, a: ConsentArgs) -> Res
         Decision::Granted => "consent granted: monitoring of input timing may start",
         Decision::Withdrawn => "consent withdrawn: capture stops now",
     };
-    let tail = if told { "" } else { " (no agent is running; it applies when one starts)" };
-    out.live_line(&format!("{what}{tail}")).map_err(|e| e.to_string())?;
+    let tail = if told {
+        ""
+    } else {
+        " (no agent is running; it applies when one starts)"
+    };
+    out.live_line(&format!("{what}{tail}"))
+        .map_err(|e| e.to_string())?;
     if decision == Decision::Granted && a.json {
-        out.live_line(&serde_json::to_string(&record).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        out.live_line(&serde_json::to_string(&record).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -338,7 +370,11 @@ async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result
     if Enrollment::exists(dir) {
         return Ok(());
     }
-    let (Some(server), Some(ca_pem), Some(token)) = (&managed.verifier_url, &managed.ca_pem, &managed.enroll_token) else {
+    let (Some(server), Some(ca_pem), Some(token)) = (
+        &managed.verifier_url,
+        &managed.ca_pem,
+        &managed.enroll_token,
+    ) else {
         return Err(state::StateError::NotEnrolled.to_string());
     };
     let uplink = Uplink::new(server, ca_pem).map_err(|e| e.to_string())?;
@@ -346,7 +382,10 @@ async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result
     let os_user = state::os_user();
     let mut backoff = crate::uplink::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
     let resp = loop {
-        match uplink.enroll(token, &key.public_key(), &os_user, &state::hostname()).await {
+        match uplink
+            .enroll(token, &key.public_key(), &os_user, &state::hostname())
+            .await
+        {
             Ok(r) => break r,
             Err(e) if e.is_retryable() => {
                 let wait = backoff.fail(None);
@@ -372,7 +411,8 @@ async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result
 async fn run(dir: Option<PathBuf>, managed: &Managed, a: RunArgs) -> Result<ExitCode, String> {
     let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
     enroll_from_managed(&dir, managed).await?;
-    let speed = Speed::parse(&a.speed).ok_or_else(|| format!("--speed: expected max, real or a factor, got {:?}", a.speed))?;
+    let speed = Speed::parse(&a.speed)
+        .ok_or_else(|| format!("--speed: expected max, real or a factor, got {:?}", a.speed))?;
     let cfg = RunConfig {
         data_dir: dir,
         source: SourceSpec::parse(&a.source, speed)?,
@@ -380,10 +420,22 @@ async fn run(dir: Option<PathBuf>, managed: &Managed, a: RunArgs) -> Result<Exit
         spool_max_bytes: a.spool_mib.max(1) * 1024 * 1024,
         heartbeat: Duration::from_secs(a.heartbeat_secs.max(1)),
         notice: notice_text(managed).to_owned(),
-        on_shutdown: if a.on_shutdown == "discard" { PartialWindow::Discard } else { PartialWindow::Emit },
+        on_shutdown: if a.on_shutdown == "discard" {
+            PartialWindow::Discard
+        } else {
+            PartialWindow::Emit
+        },
         exit_when_done: a.exit_when_done,
+        on_injection: LocalAction::parse(&a.on_injection).ok_or_else(|| {
+            format!(
+                "--on-injection: expected none, lock or command:CMD, got {:?}",
+                a.on_injection
+            )
+        })?,
     };
-    daemon::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    daemon::run(cfg, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -417,7 +469,9 @@ async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String>
     let mut st: AgentStatus = match live.as_deref().map(serde_json::from_str::<AgentStatus>) {
         Some(Ok(s)) => s,
         _ => {
-            let mut s = AgentStatus::load(&dir).map_err(|e| e.to_string())?.unwrap_or_default();
+            let mut s = AgentStatus::load(&dir)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
             s.running = false;
             if let Ok((e, _)) = Enrollment::load(&dir) {
                 s.server = Some(e.server);
@@ -443,9 +497,23 @@ async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String>
     } else {
         let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         let lines = [
-            format!("agent:            {}", if st.running { "running" } else { "not running" }),
-            format!("state:            {}", st.state.map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into())),
-            format!("consent:          {}", consent.as_ref().map(|c| format!("{:?} at {} by {}", c.decision, c.at_ms, c.os_user)).unwrap_or_else(|| "no decision".into())),
+            format!(
+                "agent:            {}",
+                if st.running { "running" } else { "not running" }
+            ),
+            format!(
+                "state:            {}",
+                st.state
+                    .map(|s| format!("{s:?}"))
+                    .unwrap_or_else(|| "-".into())
+            ),
+            format!(
+                "consent:          {}",
+                consent
+                    .as_ref()
+                    .map(|c| format!("{:?} at {} by {}", c.decision, c.at_ms, c.os_user))
+                    .unwrap_or_else(|| "no decision".into())
+            ),
             format!("verifier:         {}", opt(&st.server)),
             format!("device:           {}", opt(&st.device_id)),
             format!("capture backend:  {}", opt(&st.backend)),
@@ -453,7 +521,12 @@ async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String>
             format!("spooled:          {}", st.spooled),
             format!("sent:             {}", st.sent),
             format!("queued:           {}", st.queued),
-            format!("last contact:     {}", st.last_contact_ms.map(|t| format!("{t} ms since epoch")).unwrap_or_else(|| "never".into())),
+            format!(
+                "last contact:     {}",
+                st.last_contact_ms
+                    .map(|t| format!("{t} ms since epoch"))
+                    .unwrap_or_else(|| "never".into())
+            ),
             format!("last error:       {}", opt(&st.last_error)),
         ];
         for l in lines {
@@ -597,6 +670,7 @@ fn preview(a: PreviewArgs) -> Result<ExitCode, String> {
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
     let mut out = Out::stdout();
     let mut w = Windower::new(policy);
+    let mut guard = Guard::new();
     let mut n = 0u64;
     let mut show = |v: &FeatureVector, out: &mut Out| -> Result<(), String> {
         n += 1;
@@ -614,6 +688,10 @@ fn preview(a: PreviewArgs) -> Result<ExitCode, String> {
         };
         match rx.recv(deadline) {
             Recv::Event(ev) => {
+                if let Some(alert) = guard.push(&ev) {
+                    let line = serde_json::to_string(&alert).map_err(|e| e.to_string())?;
+                    out.live_line(&line).map_err(|e| e.to_string())?;
+                }
                 if let Some(v) = w.push(&ev) {
                     show(&v, &mut out)?;
                 }

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use crate::capture::replay::{self, Format, Recording, ReplaySource, Speed};
 use crate::capture::{self, CaptureError, EventReceiver, InputSource, MonoClock, Recv, StopFlag};
 use crate::features::Windower;
+use crate::guard::{Guard, GuardAlert, LocalAction};
 use crate::spool::{Gap, Spool, SpoolError};
 use crate::state::{self, AgentStatus, ConsentFile, ConsentSent, Enrollment, StateError};
 use crate::uplink::{Backoff, Uplink, UplinkError};
@@ -52,14 +53,19 @@ impl SourceSpec {
             (Some("none"), None, None) => Ok(SourceSpec::None),
             (Some("x11"), Some(d), None) => Ok(SourceSpec::X11(Some(format!(":{d}")))),
             (Some("replay"), Some(f), Some(p)) => {
-                let format = Format::parse(f).ok_or_else(|| format!("unknown replay format {f:?}"))?;
+                let format =
+                    Format::parse(f).ok_or_else(|| format!("unknown replay format {f:?}"))?;
                 Ok(SourceSpec::Replay(format, PathBuf::from(p), speed))
             }
             (Some("synthetic"), m, None) => {
-                let minutes = m.map_or(Ok(3.0), |m| m.parse::<f64>().map_err(|_| format!("bad minutes {m:?}")))?;
+                let minutes = m.map_or(Ok(3.0), |m| {
+                    m.parse::<f64>().map_err(|_| format!("bad minutes {m:?}"))
+                })?;
                 Ok(SourceSpec::Synthetic(minutes, speed))
             }
-            _ => Err(format!("unknown source {s:?}: use x11, replay:FORMAT:PATH, synthetic[:MINUTES] or none")),
+            _ => Err(format!(
+                "unknown source {s:?}: use x11, replay:FORMAT:PATH, synthetic[:MINUTES] or none"
+            )),
         }
     }
 
@@ -101,6 +107,8 @@ pub struct RunConfig {
     pub on_shutdown: PartialWindow,
     /// Exit once the source has ended and the spool is empty (replay, tests, demos).
     pub exit_when_done: bool,
+    /// Local action when the guard detects keystroke injection.
+    pub on_injection: LocalAction,
 }
 
 /// Why the daemon stopped with an error.
@@ -147,8 +155,13 @@ struct Outbox {
 impl Outbox {
     fn seal(&self, kind: Kind, seq: u64, payload: &[u8]) -> Result<Vec<u8>, DaemonError> {
         let header = Header::new(kind, self.enrollment.device_id, seq, state::now_ms());
-        seal(&header, payload, &self.key, &self.enrollment.verifier_public_key)
-            .map_err(|e| DaemonError::Seal(e.to_string()))
+        seal(
+            &header,
+            payload,
+            &self.key,
+            &self.enrollment.verifier_public_key,
+        )
+        .map_err(|e| DaemonError::Seal(e.to_string()))
     }
 
     /// Seals and appends one record durably; reports any eviction as a gap record.
@@ -160,7 +173,12 @@ impl Outbox {
         self.next_seq = seq + 1;
         self.spooled_at.insert(seq, since);
         if let Some(gap) = appended.evicted {
-            tracing::warn!(first = gap.first_seq, last = gap.last_seq, count = gap.count, "spool full: oldest records dropped");
+            tracing::warn!(
+                first = gap.first_seq,
+                last = gap.last_seq,
+                count = gap.count,
+                "spool full: oldest records dropped"
+            );
         }
         self.report_gaps()?;
         Ok(seq)
@@ -175,8 +193,14 @@ impl Outbox {
                 return Ok(());
             }
             for g in &gaps {
-                let rec = GapRecord { first_seq: g.first_seq, last_seq: g.last_seq, count: g.count, reason: "spool full".into() };
-                let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
+                let rec = GapRecord {
+                    first_seq: g.first_seq,
+                    last_seq: g.last_seq,
+                    count: g.count,
+                    reason: "spool full".into(),
+                };
+                let payload =
+                    serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
                 let seq = self.next_seq;
                 let bytes = self.seal(Kind::Gap, seq, &payload)?;
                 let _ = self.spool.append(seq, &bytes)?;
@@ -237,8 +261,18 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             "spool recovered from an interrupted write"
         );
     }
-    tracing::info!(pending = spool.stats().records_pending, next_seq = recovery.next_seq, "spool open");
-    let mut outbox = Outbox { spool, next_seq: recovery.next_seq.max(1), key, enrollment: enrollment.clone(), spooled_at: HashMap::new() };
+    tracing::info!(
+        pending = spool.stats().records_pending,
+        next_seq = recovery.next_seq,
+        "spool open"
+    );
+    let mut outbox = Outbox {
+        spool,
+        next_seq: recovery.next_seq.max(1),
+        key,
+        enrollment: enrollment.clone(),
+        spooled_at: HashMap::new(),
+    };
     outbox.report_gaps()?;
     let status = AgentStatus {
         running: true,
@@ -273,19 +307,28 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         let allowed = consent.as_ref().is_some_and(|c| c.allows_capture(&notice));
         let new_state = match (&consent, allowed) {
             (_, true) => MonitoringState::Monitoring,
-            (Some(c), false) if c.decision == cadence_wire::records::Decision::Withdrawn => MonitoringState::Withdrawn,
+            (Some(c), false) if c.decision == cadence_wire::records::Decision::Withdrawn => {
+                MonitoringState::Withdrawn
+            }
             _ => MonitoringState::WaitingForConsent,
         };
         let changed = lock(&shared.status).state != Some(new_state);
         if allowed && pipeline.is_none() && !shared.source_done.load(Ordering::SeqCst) {
             pipeline = Some(start_pipeline(shared.clone())?);
-            tracing::info!(backend = shared.cfg.source.backend_name(), "consent granted: capture started");
+            tracing::info!(
+                backend = shared.cfg.source.backend_name(),
+                "consent granted: capture started"
+            );
         } else if !allowed && let Some(p) = pipeline.take() {
             stop_pipeline(p, true).await;
-            tracing::info!("consent withdrawn or missing: capture stopped, partial window discarded");
+            tracing::info!(
+                "consent withdrawn or missing: capture stopped, partial window discarded"
+            );
         }
         if !allowed && changed {
-            tracing::info!("waiting for consent: nothing is captured (`cadence-agent consent grant`)");
+            tracing::info!(
+                "waiting for consent: nothing is captured (`cadence-agent consent grant`)"
+            );
         }
         shared.set_status(|s| s.state = Some(new_state));
         if changed {
@@ -322,13 +365,21 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Seals the user's latest decision into the spool if it has not been sealed yet.
-fn record_consent_change(shared: &Shared, consent: Option<&ConsentFile>) -> Result<(), DaemonError> {
+fn record_consent_change(
+    shared: &Shared,
+    consent: Option<&ConsentFile>,
+) -> Result<(), DaemonError> {
     let Some(c) = consent else { return Ok(()) };
     let dir = &shared.cfg.data_dir;
     if ConsentSent::load(dir)?.at_ms >= c.at_ms {
         return Ok(());
     }
-    let rec = ConsentRecord { decision: c.decision, notice_sha256: c.notice_sha256.clone(), at_ms: c.at_ms, os_user: c.os_user.clone() };
+    let rec = ConsentRecord {
+        decision: c.decision,
+        notice_sha256: c.notice_sha256.clone(),
+        at_ms: c.at_ms,
+        os_user: c.os_user.clone(),
+    };
     let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
     let seq = lock(&shared.outbox).put(Kind::Consent, &payload, Instant::now())?;
     ConsentSent { at_ms: c.at_ms }.save(dir)?;
@@ -343,15 +394,20 @@ fn make_source(spec: &SourceSpec, clock: MonoClock) -> Result<Box<dyn InputSourc
         #[cfg(target_os = "linux")]
         SourceSpec::X11(display) => {
             capture::x11::probe(display.as_deref())?;
-            Ok(Box::new(capture::x11::X11Record::new(display.clone(), clock)))
+            Ok(Box::new(capture::x11::X11Record::new(
+                display.clone(),
+                clock,
+            )))
         }
         #[cfg(not(target_os = "linux"))]
         SourceSpec::X11(_) => Err(CaptureError::Unsupported("X11").into()),
         SourceSpec::Replay(format, path, speed) => {
-            let files = replay::expand(*format, std::slice::from_ref(path)).map_err(|e| DaemonError::Replay(e.to_string()))?;
+            let files = replay::expand(*format, std::slice::from_ref(path))
+                .map_err(|e| DaemonError::Replay(e.to_string()))?;
             let mut recs: Vec<Recording> = Vec::new();
             for f in files {
-                let (rec, diag) = replay::read_file(*format, &f).map_err(|e| DaemonError::Replay(e.to_string()))?;
+                let (rec, diag) = replay::read_file(*format, &f)
+                    .map_err(|e| DaemonError::Replay(e.to_string()))?;
                 if !diag.bad_lines.is_empty() {
                     tracing::warn!(file = %f.display(), bad_lines = diag.bad_lines.len(), "replay: malformed lines skipped");
                 }
@@ -378,7 +434,11 @@ fn start_pipeline(shared: Arc<Shared>) -> Result<Pipeline, DaemonError> {
         .name("cadence-producer".into())
         .spawn(move || produce(shared, rx, clock, d, capture_thread))
         .map_err(|e| DaemonError::Runtime(format!("cannot start the producer thread: {e}")))?;
-    Ok(Pipeline { stop, discard, producer })
+    Ok(Pipeline {
+        stop,
+        discard,
+        producer,
+    })
 }
 
 async fn stop_pipeline(p: Pipeline, discard: bool) {
@@ -397,6 +457,26 @@ fn produce(
     capture: thread::JoinHandle<Result<(), CaptureError>>,
 ) {
     let mut w = Windower::new(shared.cfg.policy);
+    let mut guard = Guard::new();
+    let alert = |a: GuardAlert| {
+        // At once: sealed and spooled like any record, and the delivery task is woken now.
+        tracing::warn!(
+            rule = a.rule,
+            mean_interval_ms = a.mean_interval_ms,
+            "keystroke injection detected"
+        );
+        shared.cfg.on_injection.run();
+        let Ok(payload) = serde_json::to_vec(&a) else {
+            return;
+        };
+        match lock(&shared.outbox).put(Kind::Alert, &payload, Instant::now()) {
+            Ok(_) => {
+                shared.set_status(|s| s.spooled += 1);
+                shared.spooled.notify_one();
+            }
+            Err(e) => tracing::error!("the injection alert could not be spooled: {e}"),
+        }
+    };
     let emit = |v: FeatureVector| {
         let closed_at = Instant::now();
         let payload = match serde_json::to_vec(&v) {
@@ -425,6 +505,9 @@ fn produce(
             Recv::Event(ev) => {
                 if discard.load(Ordering::SeqCst) {
                     continue;
+                }
+                if let Some(a) = guard.push(&ev) {
+                    alert(a);
                 }
                 if let Some(v) = w.push(&ev) {
                     emit(v);
@@ -536,10 +619,14 @@ async fn send_heartbeat(shared: &Shared, uplink: &Uplink) {
     let (bytes, hb) = {
         let ob = lock(&shared.outbox);
         let hb = Heartbeat {
-            state: lock(&shared.status).state.unwrap_or(MonitoringState::WaitingForConsent),
+            state: lock(&shared.status)
+                .state
+                .unwrap_or(MonitoringState::WaitingForConsent),
             queued: ob.spool.stats().records_pending as u64,
         };
-        let Ok(payload) = serde_json::to_vec(&hb) else { return };
+        let Ok(payload) = serde_json::to_vec(&hb) else {
+            return;
+        };
         // Heartbeats are not spooled: sequence number 0, judged by their time.
         match ob.seal(Kind::Heartbeat, 0, &payload) {
             Ok(b) => (b, hb),
@@ -617,8 +704,12 @@ pub mod control {
             return Err(DaemonError::AlreadyRunning(dir.to_owned()));
         }
         let _ = std::fs::remove_file(&path);
-        tokio::net::UnixListener::bind(&path)
-            .map_err(|e| DaemonError::Runtime(format!("cannot open the control socket {}: {e}", path.display())))
+        tokio::net::UnixListener::bind(&path).map_err(|e| {
+            DaemonError::Runtime(format!(
+                "cannot open the control socket {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     #[cfg(not(unix))]
@@ -634,7 +725,9 @@ pub mod control {
     pub(super) async fn serve(listener: Listener, shared: Arc<Shared>) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
@@ -662,7 +755,9 @@ pub mod control {
     #[cfg(unix)]
     pub async fn request(dir: &Path, command: &str) -> Option<String> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let stream = tokio::net::UnixStream::connect(dir.join("agent.sock")).await.ok()?;
+        let stream = tokio::net::UnixStream::connect(dir.join("agent.sock"))
+            .await
+            .ok()?;
         let (r, mut w) = stream.into_split();
         w.write_all(format!("{command}\n").as_bytes()).await.ok()?;
         let mut line = String::new();

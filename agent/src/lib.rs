@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod daemon;
 pub mod features;
+pub mod guard;
 pub mod spool;
 pub mod state;
 pub mod uplink;

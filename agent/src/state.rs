@@ -63,7 +63,10 @@ pub fn data_dir(given: Option<&Path>) -> Result<PathBuf, StateError> {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The OS account this agent runs for.
@@ -85,7 +88,10 @@ pub fn hostname() -> String {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.to_owned(), source }
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Creates the data directory (0700 on Unix).
@@ -127,9 +133,15 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| StateError::Damaged { path: path.to_owned(), reason: e.to_string() }),
+            .map_err(|e| StateError::Damaged {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StateError::Io { path: path.to_owned(), source: e }),
+        Err(e) => Err(StateError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
     }
 }
 
@@ -169,11 +181,20 @@ impl Enrollment {
         let key_path = dir.join("device.key");
         let pkcs8 = match fs::read(&key_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StateError::NotEnrolled),
-            Err(e) => return Err(StateError::Io { path: key_path, source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotEnrolled);
+            }
+            Err(e) => {
+                return Err(StateError::Io {
+                    path: key_path,
+                    source: e,
+                });
+            }
         };
-        let key = DeviceSigningKey::from_pkcs8(&pkcs8)
-            .map_err(|e| StateError::Damaged { path: key_path, reason: e.to_string() })?;
+        let key = DeviceSigningKey::from_pkcs8(&pkcs8).map_err(|e| StateError::Damaged {
+            path: key_path,
+            reason: e.to_string(),
+        })?;
         Ok((e, key))
     }
 
@@ -309,7 +330,9 @@ mod tests {
         let e = Enrollment {
             server: "https://127.0.0.1:1".into(),
             device_id: DeviceId::random().unwrap(),
-            verifier_public_key: cadence_wire::VerifierKeyPair::generate().unwrap().public_key(),
+            verifier_public_key: cadence_wire::VerifierKeyPair::generate()
+                .unwrap()
+                .public_key(),
             ca_pem: "pem".into(),
             os_user: "u".into(),
             enrolled_at_ms: 1,
@@ -321,7 +344,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.join("device.key")).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.join("device.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         fs::remove_dir_all(&dir).ok();
@@ -336,8 +362,14 @@ mod tests {
             os_user: "u".into(),
         };
         assert!(c.allows_capture(&notice_hash("a")));
-        assert!(!c.allows_capture(&notice_hash("b")), "a changed notice needs a new decision");
-        let w = ConsentFile { decision: Decision::Withdrawn, ..c };
+        assert!(
+            !c.allows_capture(&notice_hash("b")),
+            "a changed notice needs a new decision"
+        );
+        let w = ConsentFile {
+            decision: Decision::Withdrawn,
+            ..c
+        };
         assert!(!w.allows_capture(&notice_hash("a")));
     }
 }

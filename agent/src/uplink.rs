@@ -11,10 +11,10 @@
 use std::sync::Once;
 use std::time::Duration;
 
+use cadence_wire::DevicePublicKey;
 use cadence_wire::records::{
     EnrollRequest, EnrollResponse, ErrorBody, IngestResponse, encode_batch,
 };
-use cadence_wire::DevicePublicKey;
 use reqwest::{Certificate, StatusCode};
 
 /// Why a call to the verifier failed.
@@ -80,18 +80,23 @@ impl Uplink {
     /// A client for `server` (`https://host:port`) trusting only `ca_pem`.
     pub fn new(server: &str, ca_pem: &str) -> Result<Uplink, UplinkError> {
         install_crypto_provider();
-        let url = reqwest::Url::parse(server).map_err(|_| UplinkError::BadUrl(server.to_owned()))?;
+        let url =
+            reqwest::Url::parse(server).map_err(|_| UplinkError::BadUrl(server.to_owned()))?;
         if url.scheme() != "https" {
             return Err(UplinkError::BadUrl(format!("{server} (must be https)")));
         }
-        let ca = Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| UplinkError::BadCa(e.to_string()))?;
+        let ca = Certificate::from_pem(ca_pem.as_bytes())
+            .map_err(|e| UplinkError::BadCa(e.to_string()))?;
         let client = reqwest::Client::builder()
             .tls_certs_only([ca])
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| UplinkError::BadCa(e.to_string()))?;
-        Ok(Uplink { client, base: server.trim_end_matches('/').to_owned() })
+        Ok(Uplink {
+            client,
+            base: server.trim_end_matches('/').to_owned(),
+        })
     }
 
     /// Registers this device's public key with an enrollment token.
@@ -116,7 +121,9 @@ impl Uplink {
             .await
             .map_err(|e| UplinkError::Unreachable(chain(&e)))?;
         let resp = check(resp).await?;
-        resp.json().await.map_err(|e| UplinkError::Protocol(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| UplinkError::Protocol(e.to_string()))
     }
 
     /// Sends sealed envelopes as one batch; the answer says which were committed.
@@ -131,7 +138,9 @@ impl Uplink {
             .await
             .map_err(|e| UplinkError::Unreachable(chain(&e)))?;
         let resp = check(resp).await?;
-        resp.json().await.map_err(|e| UplinkError::Protocol(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| UplinkError::Protocol(e.to_string()))
     }
 }
 
@@ -159,11 +168,19 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, UplinkError
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        return Err(UplinkError::Busy { status: status.as_u16(), retry_after });
+        return Err(UplinkError::Busy {
+            status: status.as_u16(),
+            retry_after,
+        });
     }
     let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
-    Err(UplinkError::Refused { status: status.as_u16(), message })
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|b| b.error)
+        .unwrap_or(text);
+    Err(UplinkError::Refused {
+        status: status.as_u16(),
+        message,
+    })
 }
 
 /// Exponential backoff with full jitter: after the n-th failure in a row, wait a uniformly
@@ -185,7 +202,12 @@ impl Backoff {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x5eed)
             ^ u64::from(std::process::id());
-        Backoff { base, cap, failures: 0, rng_state: seed | 1 }
+        Backoff {
+            base,
+            cap,
+            failures: 0,
+            rng_state: seed | 1,
+        }
     }
 
     /// A failure: how long to wait before the next try. `at_least` (a `Retry-After`) wins when
@@ -220,17 +242,32 @@ mod tests {
         let waits: Vec<Duration> = (0..12).map(|_| b.fail(None)).collect();
         assert!(waits.iter().all(|w| *w <= Duration::from_secs(5)));
         assert!(waits[0] <= Duration::from_millis(100));
-        assert!(waits.iter().skip(6).any(|w| *w > Duration::from_millis(400)), "{waits:?}");
+        assert!(
+            waits
+                .iter()
+                .skip(6)
+                .any(|w| *w > Duration::from_millis(400)),
+            "{waits:?}"
+        );
         let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
         assert!(distinct.len() > 6, "jitter: {waits:?}");
-        assert_eq!(b.fail(Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(
+            b.fail(Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
         b.reset();
         assert!(b.fail(None) <= Duration::from_millis(100));
     }
 
     #[test]
     fn only_https_and_valid_ca() {
-        assert!(matches!(Uplink::new("http://127.0.0.1:1", "x"), Err(UplinkError::BadUrl(_))));
-        assert!(matches!(Uplink::new("not a url", "x"), Err(UplinkError::BadUrl(_))));
+        assert!(matches!(
+            Uplink::new("http://127.0.0.1:1", "x"),
+            Err(UplinkError::BadUrl(_))
+        ));
+        assert!(matches!(
+            Uplink::new("not a url", "x"),
+            Err(UplinkError::BadUrl(_))
+        ));
     }
 }

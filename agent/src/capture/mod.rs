@@ -427,7 +427,10 @@ pub fn spawn(
     mut source: Box<dyn InputSource>,
     stop: StopFlag,
     capacity: usize,
-) -> (EventReceiver, std::thread::JoinHandle<Result<(), CaptureError>>) {
+) -> (
+    EventReceiver,
+    std::thread::JoinHandle<Result<(), CaptureError>>,
+) {
     let (mut sink, rx) = queue(capacity);
     let handle = std::thread::spawn(move || {
         let mut backoff = Duration::from_secs(1);
@@ -454,7 +457,6 @@ pub fn spawn(
     });
     (rx, handle)
 }
-
 
 #[cfg(test)]
 mod tests {

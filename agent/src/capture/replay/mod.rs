@@ -199,7 +199,11 @@ impl Speed {
         match s {
             "max" => Some(Speed::Max),
             "real" => Some(Speed::Times(1.0)),
-            n => n.parse::<f64>().ok().filter(|f| f.is_finite() && *f > 0.0).map(Speed::Times),
+            n => n
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .map(Speed::Times),
         }
     }
 }
@@ -242,7 +246,8 @@ impl InputSource for ReplaySource {
                 }
                 let Item::Event(ev) = item else { continue };
                 let now = self.clock.now_us();
-                let (rec0, clk0, wall0) = *offset.get_or_insert((ev.t_us, now.max(start_floor), now));
+                let (rec0, clk0, wall0) =
+                    *offset.get_or_insert((ev.t_us, now.max(start_floor), now));
                 // Event times keep the recording's own intervals at every speed; only the
                 // pacing changes, so features are the same as `replay` computes.
                 let t = clk0 + ev.t_us.saturating_sub(rec0);

@@ -34,7 +34,11 @@ pub fn generate(seed: u64, minutes: f64) -> Recording {
     let end = (minutes * 60e6) as u64;
     let mut t: u64 = 1_000_000;
     let mut evs: Vec<InputEvent> = Vec::new();
-    let ev = |t_us: u64, kind: EventKind| InputEvent { t_us, kind, injected: false };
+    let ev = |t_us: u64, kind: EventKind| InputEvent {
+        t_us,
+        kind,
+        injected: false,
+    };
     while t < end {
         // A sentence: 6-14 words of 2-9 characters.
         for _ in 0..(6 + (rng.next() * 9.0) as usize) {
@@ -49,7 +53,13 @@ pub fn generate(seed: u64, minutes: f64) -> Recording {
                 };
                 let hold = (95.0 + 18.0 * rng.normal()).max(35.0) as u64 * 1000;
                 evs.push(ev(t, EventKind::KeyDown { class }));
-                evs.push(ev(t + hold, EventKind::KeyUp { class, held_us: hold }));
+                evs.push(ev(
+                    t + hold,
+                    EventKind::KeyUp {
+                        class,
+                        held_us: hold,
+                    },
+                ));
                 let flight = (170.0 * (0.35 * rng.normal()).exp()).max(40.0) as u64 * 1000;
                 t += flight;
             }
@@ -57,21 +67,38 @@ pub fn generate(seed: u64, minutes: f64) -> Recording {
         t += rng.range(1_500_000.0, 4_000_000.0) as u64;
         // A few pointer strokes, each ending in a click.
         for _ in 0..(2 + (rng.next() * 4.0) as usize) {
-            let (mut angle, speed) = (rng.range(0.0, std::f64::consts::TAU), rng.range(300.0, 1200.0));
+            let (mut angle, speed) = (
+                rng.range(0.0, std::f64::consts::TAU),
+                rng.range(300.0, 1200.0),
+            );
             let steps = 20 + (rng.next() * 60.0) as usize;
             for _ in 0..steps {
                 angle += 0.05 * rng.normal();
                 let d = speed * 0.008;
                 evs.push(ev(
                     t,
-                    EventKind::PointerMove { dx: (d * angle.cos()).round() as i32, dy: (d * angle.sin()).round() as i32 },
+                    EventKind::PointerMove {
+                        dx: (d * angle.cos()).round() as i32,
+                        dy: (d * angle.sin()).round() as i32,
+                    },
                 ));
                 t += 8_000;
             }
             t += rng.range(80_000.0, 300_000.0) as u64;
             let hold = rng.range(70_000.0, 140_000.0) as u64;
-            evs.push(ev(t, EventKind::ButtonDown { button: Button::Left }));
-            evs.push(ev(t + hold, EventKind::ButtonUp { button: Button::Left, held_us: hold }));
+            evs.push(ev(
+                t,
+                EventKind::ButtonDown {
+                    button: Button::Left,
+                },
+            ));
+            evs.push(ev(
+                t + hold,
+                EventKind::ButtonUp {
+                    button: Button::Left,
+                    held_us: hold,
+                },
+            ));
             t += hold + rng.range(300_000.0, 900_000.0) as u64;
         }
     }
