@@ -3,7 +3,12 @@
 //!
 //! The binaries are the workspace's own, built by `cargo test --workspace`; when they are
 //! missing (running this package alone) the harness builds them once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -28,7 +33,14 @@ pub fn bin(name: &str) -> PathBuf {
         BUILT.get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "cadence-agent", "-p", "cadence-verifier", "--bins"])
+                .args([
+                    "build",
+                    "-p",
+                    "cadence-agent",
+                    "-p",
+                    "cadence-verifier",
+                    "--bins",
+                ])
                 .status()
                 .unwrap();
             assert!(status.success(), "building the binaries failed");
@@ -63,7 +75,11 @@ impl Drop for TempDir {
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `cadence-verifier serve`.
@@ -143,7 +159,12 @@ impl Verifier {
     pub fn token(&self) -> String {
         let o = self.cli(&["token", "create"]);
         let s = String::from_utf8_lossy(&o.stdout);
-        s.lines().last().unwrap_or_default().trim().trim_start_matches("enrollment token: ").to_owned()
+        s.lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .trim_start_matches("enrollment token: ")
+            .to_owned()
     }
 
     /// Runs a verifier subcommand against this data directory.
@@ -154,7 +175,11 @@ impl Verifier {
             .arg(&self.dir)
             .output()
             .unwrap();
-        assert!(o.status.success(), "cadence-verifier {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "cadence-verifier {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         o
     }
 
@@ -194,7 +219,9 @@ impl Verifier {
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
                 thread::sleep(Duration::from_millis(20));
@@ -219,7 +246,10 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(dir: &Path) -> Agent {
-        Agent { dir: dir.to_owned(), child: None }
+        Agent {
+            dir: dir.to_owned(),
+            child: None,
+        }
     }
 
     /// Runs an agent subcommand to completion.
@@ -236,13 +266,25 @@ impl Agent {
     /// Runs a subcommand that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
-        assert!(o.status.success(), "cadence-agent {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "cadence-agent {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// Enrolls with `v` and returns the device id.
     pub fn enroll(&self, v: &Verifier, token: &str) -> String {
-        let out = self.ok(&["enroll", "--server", &v.url, "--token", token, "--ca", &v.ca.to_string_lossy()]);
+        let out = self.ok(&[
+            "enroll",
+            "--server",
+            &v.url,
+            "--token",
+            token,
+            "--ca",
+            &v.ca.to_string_lossy(),
+        ]);
         let id = out.split_whitespace().nth(2).unwrap_or_default().to_owned();
         assert_eq!(id.len(), 32, "no device id in {out:?}");
         id
@@ -255,7 +297,10 @@ impl Agent {
             .arg(&self.dir)
             .arg("run")
             .args(args)
-            .env("CADENCE_LOG", std::env::var("CADENCE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "CADENCE_LOG",
+                std::env::var("CADENCE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -266,7 +311,9 @@ impl Agent {
 
     /// Waits for the background `run` to exit by itself.
     pub fn wait(&mut self, limit: Duration) -> bool {
-        let Some(c) = self.child.as_mut() else { return true };
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
@@ -289,7 +336,9 @@ impl Agent {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
                 thread::sleep(Duration::from_millis(20));
@@ -297,7 +346,10 @@ impl Agent {
             let status = c.try_wait().ok().flatten();
             let _ = c.kill();
             let _ = c.wait();
-            assert!(status.is_some_and(|s| s.success()), "the agent did not shut down cleanly: {status:?}");
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "the agent did not shut down cleanly: {status:?}"
+            );
         }
     }
 
@@ -336,9 +388,19 @@ pub fn write_recording(path: &Path, sentences: usize, seed: u64) {
     let mut id = 0;
     for sentence in 0..sentences {
         for k in 0..50 {
-            let code = if k % 6 == 5 { 32 } else if rng.u32(0..40) == 0 { 8 } else { 65 + rng.u32(0..26) };
+            let code = if k % 6 == 5 {
+                32
+            } else if rng.u32(0..40) == 0 {
+                8
+            } else {
+                65 + rng.u32(0..26)
+            };
             let hold = rng.u64(60..140);
-            s.push_str(&format!("77\t{}\tx\tx\t{id}\t{t}\t{}\tx\t{code}\n", 500 + sentence, t + hold));
+            s.push_str(&format!(
+                "77\t{}\tx\tx\t{id}\t{t}\t{}\tx\t{code}\n",
+                500 + sentence,
+                t + hold
+            ));
             id += 1;
             t += rng.u64(90..320);
         }

@@ -29,7 +29,8 @@ use serde::Deserialize;
 use crate::Error;
 
 /// Where the verifier listens when neither `--listen` nor the file says.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
 /// The SQLite file's name inside the data directory, when `database_url` is not set.
 pub const DATABASE_FILE: &str = "verifier.db";
 /// Shortest enrollment token accepted from the file: anything shorter can be guessed.
@@ -225,7 +226,9 @@ pub fn default_data_dir() -> Result<PathBuf, Error> {
 /// A TOML error as `key: message (line L, column C)`, the key being the one assigned on the
 /// line the error points at (when there is one). Never quotes the value: it may be a token.
 fn syntax_problem(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return message.to_owned() };
+    let Some(span) = span else {
+        return message.to_owned();
+    };
     let before = text.get(..span.start).unwrap_or(text);
     let line_no = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -243,7 +246,9 @@ fn syntax_problem(text: &str, message: &str, span: Option<std::ops::Range<usize>
 /// A URL with any `user:password@` part blanked out, safe to print.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => format!("{url:?}"),
     }
 }
@@ -268,7 +273,10 @@ mod tests {
         let s = parse("").unwrap();
         assert_eq!(s.listen, DEFAULT_LISTEN);
         assert_eq!(s.tls, TlsSource::DevCa);
-        assert_eq!(s.database, Database::Sqlite(PathBuf::from("/data/verifier.db")));
+        assert_eq!(
+            s.database,
+            Database::Sqlite(PathBuf::from("/data/verifier.db"))
+        );
         assert_eq!(s.max_body_bytes, MAX_BATCH_BYTES);
         assert_eq!(s.dev_ca_path(), Some(PathBuf::from("/data/ca.pem")));
     }
@@ -294,7 +302,10 @@ mod tests {
                 key: PathBuf::from("/abs/key.pem")
             }
         );
-        assert_eq!(s.database, Database::Sqlite(PathBuf::from("/etc/cadence/db/v.db")));
+        assert_eq!(
+            s.database,
+            Database::Sqlite(PathBuf::from("/etc/cadence/db/v.db"))
+        );
         assert_eq!(s.extra_tokens, vec!["0123456789abcdef0123".to_owned()]);
         assert_eq!(s.max_body_bytes, 65536);
         assert_eq!(s.dev_ca_path(), None);

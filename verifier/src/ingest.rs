@@ -117,6 +117,9 @@ pub enum Refusal {
     /// The body's framing is broken or over a limit.
     #[error("bad batch: {0}")]
     Batch(#[from] BatchError),
+    /// The framing announces a frame longer than the whole body: garbage or a cut-off upload.
+    #[error("bad batch: {0} (longer than the whole body)")]
+    Garbled(BatchError),
     /// The envelopes name more than one device.
     #[error("a batch must hold envelopes of one device only")]
     MixedDevices,
@@ -176,7 +179,12 @@ impl Ingest {
 
     /// Checks, opens and stores one batch body; commits before it returns.
     pub async fn batch(&self, body: Bytes, now_ms: u64) -> Result<Answer, Refusal> {
-        let frames = decode_batch(&body)?;
+        let frames = decode_batch(&body).map_err(|e| match e {
+            // A length beyond the body itself is garbage (or a cut-off upload), not a real
+            // envelope over the limit.
+            BatchError::FrameTooLarge(n) if n > body.len() => Refusal::Garbled(e),
+            e => Refusal::Batch(e),
+        })?;
         let headers: Vec<Result<Header, Reason>> = frames
             .iter()
             .map(|f| peek_header(f).map_err(Reason::from_envelope))
@@ -211,8 +219,8 @@ impl Ingest {
         let mut refusals: Vec<(Reason, usize, Option<u64>)> = Vec::new();
         for (fate, header) in fates.into_iter().zip(&headers) {
             let seq = header.as_ref().ok().map(|h| h.seq);
-            // INVARIANT: every envelope got a fate above; a missing one is reported as a
-            // refusal rather than trusted.
+            // Every envelope got a fate above; should one not have, it is refused, never
+            // acknowledged.
             let fate = fate.unwrap_or(Fate::Refused(Reason::Malformed("not processed".into())));
             match (fate, seq) {
                 (Fate::Stored | Fate::Heartbeat, Some(seq)) => answer.response.acked.push(seq),
@@ -222,7 +230,10 @@ impl Ingest {
                 }
                 (Fate::Refused(reason), seq) => {
                     answer.first_refusal.get_or_insert_with(|| reason.clone());
-                    match refusals.iter_mut().find(|(r, _, _)| r.label() == reason.label()) {
+                    match refusals
+                        .iter_mut()
+                        .find(|(r, _, _)| r.label() == reason.label())
+                    {
                         Some((_, n, _)) => *n += 1,
                         None => refusals.push((reason.clone(), 1, seq)),
                     }
@@ -320,7 +331,10 @@ impl Ingest {
             }
         }
         if !records.is_empty() || !heartbeats.is_empty() {
-            let outcomes = self.store.commit(device, now_ms, &records, &heartbeats).await?;
+            let outcomes = self
+                .store
+                .commit(device, now_ms, &records, &heartbeats)
+                .await?;
             for (i, outcome) in record_index.into_iter().zip(outcomes) {
                 fates[i] = Some(match outcome {
                     Outcome::Stored => Fate::Stored,

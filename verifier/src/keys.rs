@@ -148,7 +148,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(HPKE_KEY_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(HPKE_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -157,7 +160,10 @@ mod tests {
     fn corrupt_key_file_is_an_error_not_a_new_key() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(HPKE_KEY_FILE), b"short").unwrap();
-        assert!(matches!(load_or_create_hpke(dir.path()), Err(Error::Key(_))));
+        assert!(matches!(
+            load_or_create_hpke(dir.path()),
+            Err(Error::Key(_))
+        ));
     }
 
     #[test]

@@ -1,7 +1,33 @@
-//! stub
+//! The Cadence verifier: enrollment, ingest and storage of agents' signed, encrypted records.
+//!
+//! Owns the verifier's side of the wire contract ([`cadence_wire`]): it enrolls devices
+//! against an enrollment token, then takes batches of sealed envelopes over HTTPS, checks each
+//! one's signature against the enrolled device key, decrypts it, checks the payload for its
+//! kind and stores it, once, before acknowledging. Hands on an HTTP API ([`api`]), a
+//! [`Store`](store::Store) others can read, and the commands of the `cadence-verifier` binary
+//! ([`cli`]).
+//!
+//! What it never does: trust an unsigned, replayed, oversized or malformed envelope (each is a
+//! clear 4xx, logged, and the server keeps serving); acknowledge a record before the database
+//! committed it; store an enrollment token in clear; print or log a private key, a token
+//! (except a new one, once, for the operator) or a feature value at info level; use a TLS
+//! crypto provider other than `ring`.
+//!
+//! Layout, in the order a request travels: [`server`] (TLS accept loop, shutdown) →
+//! [`api`] (routes, limits, status codes) → [`ingest`] (checks, dedupe) → [`store`] (SQLite).
+//! [`config`] turns flags and the optional TOML file into checked [`Settings`]; [`keys`] and
+//! [`tls`] own the secrets in the data directory.
+
+pub mod api;
+pub mod cli;
 pub mod config;
 mod error;
+pub mod ingest;
 pub mod keys;
+pub mod server;
 pub mod store;
 pub mod tls;
+
+pub use config::Settings;
 pub use error::Error;
+pub use server::{Startup, Verifier, serve, shutdown_signal};

@@ -1,7 +1,7 @@
 //! The verifier process: start-up, the HTTPS accept loop, and shutdown.
 //!
 //! Owns the order of start-up (data directory, HPKE key, TLS, database, first token, listening
-//! socket) and the connections. Hands each request to the [`api`](crate::api) router. Never
+//! socket) and the connections. Hands each request to the [`api`] router. Never
 //! starts serving before the database is open and migrated, and on shutdown stops accepting,
 //! lets open requests finish (each commits before it answers) for up to [`SHUTDOWN_DEADLINE`],
 //! then closes the database.
@@ -61,7 +61,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("startup", &self.startup).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("startup", &self.startup)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,7 +113,11 @@ impl Verifier {
             ingest: Ingest::new(store.clone(), Arc::new(hpke)),
             store: store.clone(),
             public_key,
-            extra_token_hashes: settings.extra_tokens.iter().map(|t| keys::token_hash(t)).collect(),
+            extra_token_hashes: settings
+                .extra_tokens
+                .iter()
+                .map(|t| keys::token_hash(t))
+                .collect(),
             max_body_bytes: settings.max_body_bytes,
         });
         Ok(Verifier {

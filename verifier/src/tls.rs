@@ -51,7 +51,8 @@ pub fn install_crypto_provider() {
 /// Makes sure the development CA and server certificate exist in `data_dir`; returns the paths
 /// of the server certificate and key. Returns whether they were just made.
 pub fn ensure_dev_ca(data_dir: &Path) -> Result<(PathBuf, PathBuf, bool), Error> {
-    let files = [CA_CERT_FILE, CA_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE].map(|f| data_dir.join(f));
+    let files =
+        [CA_CERT_FILE, CA_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE].map(|f| data_dir.join(f));
     let present: Vec<&PathBuf> = files.iter().filter(|p| p.exists()).collect();
     let [ca_cert, ca_key, cert, key] = &files;
     if present.len() == files.len() {
@@ -121,7 +122,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| Error::Tls(format!("certificate {} and key {}: {e}", cert.display(), key.display())))?;
+        .map_err(|e| {
+            Error::Tls(format!(
+                "certificate {} and key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -151,7 +158,10 @@ mod tests {
         let ca = std::fs::read_to_string(dir.path().join(CA_CERT_FILE)).unwrap();
         let (_, _, made) = ensure_dev_ca(dir.path()).unwrap();
         assert!(!made);
-        assert_eq!(std::fs::read_to_string(dir.path().join(CA_CERT_FILE)).unwrap(), ca);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(CA_CERT_FILE)).unwrap(),
+            ca
+        );
         let config = server_config(&cert, &key).unwrap();
         assert_eq!(config.alpn_protocols[0], b"h2");
     }

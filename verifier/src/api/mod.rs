@@ -27,9 +27,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cadence_wire::records::{
-    BatchError, EnrollRequest, EnrollResponse, ErrorBody, IngestResponse,
-};
+use cadence_wire::records::{BatchError, EnrollRequest, EnrollResponse, ErrorBody, IngestResponse};
 use cadence_wire::{DeviceId, VerifierPublicKey};
 
 use crate::Error;
@@ -96,7 +94,10 @@ impl ApiError {
         match e {
             Error::Busy => {
                 tracing::warn!("store busy, asking the client to retry");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "verifier busy, retry later")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "verifier busy, retry later",
+                )
             }
             other => {
                 tracing::error!(error = %other, "store failed");
@@ -108,7 +109,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -150,12 +157,20 @@ async fn enroll(
         } else {
             StatusCode::BAD_REQUEST
         };
-        tracing::warn!(status = status.as_u16(), "enrollment refused: malformed request");
-        ApiError::new(status, format!("malformed enrollment request: {}", rejection.body_text()))
+        tracing::warn!(
+            status = status.as_u16(),
+            "enrollment refused: malformed request"
+        );
+        ApiError::new(
+            status,
+            format!("malformed enrollment request: {}", rejection.body_text()),
+        )
     })?;
-    for (field, value) in [("os_user", &request.os_user), ("hostname", &request.hostname)] {
-        if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control)
-        {
+    for (field, value) in [
+        ("os_user", &request.os_user),
+        ("hostname", &request.hostname),
+    ] {
+        if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
             tracing::warn!(field, "enrollment refused: bad field");
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -165,7 +180,11 @@ async fn enroll(
     }
     let hash = token_hash(&request.token);
     let known = state.extra_token_hashes.contains(&hash)
-        || state.store.token_known(&hash).await.map_err(ApiError::store)?;
+        || state
+            .store
+            .token_known(&hash)
+            .await
+            .map_err(ApiError::store)?;
     if !known {
         tracing::warn!(hostname = %request.hostname, "enrollment refused: token not accepted");
         return Err(ApiError::new(
@@ -175,7 +194,10 @@ async fn enroll(
     }
     let new_id = DeviceId::random().map_err(|e| {
         tracing::error!(error = %e, "no device id");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not make a device id")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not make a device id",
+        )
     })?;
     let device = NewDevice {
         public_key: request.device_public_key,
@@ -204,14 +226,20 @@ async fn ingest(
 ) -> Result<Json<IngestResponse>, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            tracing::warn!(limit = state.max_body_bytes, "ingest refused: body over the limit");
+            tracing::warn!(
+                limit = state.max_body_bytes,
+                "ingest refused: body over the limit"
+            );
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body over the limit of {} bytes", state.max_body_bytes),
             )
         } else {
             tracing::warn!("ingest refused: body could not be read");
-            ApiError::new(StatusCode::BAD_REQUEST, format!("body could not be read: {}", rejection.body_text()))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("body could not be read: {}", rejection.body_text()),
+            )
         }
     })?;
     let answer = state.ingest.batch(body, now_ms()).await.map_err(|refusal| {
@@ -219,9 +247,10 @@ async fn ingest(
             Refusal::Batch(BatchError::TooLarge | BatchError::TooMany | BatchError::FrameTooLarge(_)) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Refusal::Batch(_) | Refusal::MixedDevices => StatusCode::BAD_REQUEST,
+            Refusal::Batch(_) | Refusal::Garbled(_) | Refusal::MixedDevices => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::Store(_) | Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
         };
         match refusal {
             Refusal::Store(e) => ApiError::store(e),
@@ -250,4 +279,38 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_store_asks_the_client_to_retry() {
+        let response = ApiError::store(Error::Busy).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER).unwrap(),
+            &RETRY_AFTER_SECS.to_string()
+        );
+        let response = ApiError::store(Error::Corrupt("x".into())).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn every_refusal_reason_has_a_client_error_status() {
+        let reasons = [
+            Reason::Malformed("x".into()),
+            Reason::WrongVersion(2),
+            Reason::TooLarge(1),
+            Reason::UnknownDevice,
+            Reason::WrongRecipient,
+            Reason::BadSignature,
+            Reason::BadPayload("x".into()),
+            Reason::SeqReused,
+        ];
+        let statuses: Vec<u16> = reasons.iter().map(|r| reason_status(r).as_u16()).collect();
+        assert_eq!(statuses, vec![400, 400, 413, 401, 401, 401, 400, 409]);
+    }
 }

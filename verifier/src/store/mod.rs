@@ -6,8 +6,8 @@
 //! transaction committing before the caller acknowledges it, never stores a token in clear,
 //! and never decides what is valid: ingest checks envelopes and payloads before they get here.
 //!
-//! SQLite is the only backend so far ([`sqlite`]); PostgreSQL is to be added as a second
-//! [`Backend`] variant with the same API. The schema is in `migrations/`, embedded and applied on
+//! SQLite is the only backend so far (`sqlite.rs`); PostgreSQL is to be added as a second
+//! `Backend` variant with the same API. The schema is in `migrations/`, embedded and applied on
 //! open.
 
 use cadence_wire::records::{ConsentRecord, GapRecord, MonitoringState};
@@ -44,8 +44,8 @@ pub struct NewDevice<'a> {
 /// An enrolled device as listed by `cadence-verifier devices`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceSummary {
-    /// Its id.
-    pub device: DeviceId,
+    /// Its id (named as in [`EnrollResponse`](cadence_wire::records::EnrollResponse)).
+    pub device_id: DeviceId,
     /// The OS account it enrolled for.
     pub os_user: String,
     /// Its host name at enrollment.

@@ -19,8 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    DeviceSummary, Effect, HeartbeatUpdate, NewDevice, NewRecord, Outcome, StoredRecord,
-    state_name,
+    DeviceSummary, Effect, HeartbeatUpdate, NewDevice, NewRecord, Outcome, StoredRecord, state_name,
 };
 use crate::Error;
 
@@ -177,7 +176,12 @@ impl SqliteStore {
         .fetch_all(&self.read)
         .await?;
         rows.iter()
-            .map(|r| Ok((seq_from_db(r.try_get("seq")?), hash_from_db(r.try_get("envelope_sha256")?)?)))
+            .map(|r| {
+                Ok((
+                    seq_from_db(r.try_get("seq")?),
+                    hash_from_db(r.try_get("envelope_sha256")?)?,
+                ))
+            })
             .collect()
     }
 
@@ -236,7 +240,7 @@ impl SqliteStore {
         rows.iter()
             .map(|r| {
                 Ok(DeviceSummary {
-                    device: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+                    device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
                     os_user: r.try_get("os_user")?,
                     hostname: r.try_get("hostname")?,
                     enrolled_ms: ms_from_db(r.try_get("enrolled_ms")?),
