@@ -137,7 +137,7 @@ fn a_lost_x_server_is_reported_and_retried_and_capture_resumes() {
     let typer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(2500)); // the agent's first retry comes after 1 s
         for _ in 0..3 {
-            x2.xdotool(&["type", "--delay", "40", "retry typing works "]);
+            x2.xdotool(&["type", "--delay", "140", "retry typing works "]);
         }
         x2
     });
