@@ -56,7 +56,7 @@ fn preview_captures_real_input_and_prints_neither_the_word_nor_positions() {
         .unwrap();
     thread::sleep(Duration::from_millis(800));
     for (sx, sy) in SPOTS {
-        x.xdotool(&["type", "--delay", "60", &format!("{WORD} ")]);
+        x.xdotool(&["type", "--delay", "140", &format!("{WORD} ")]);
         x.xdotool(&["mousemove", &sx.to_string(), &sy.to_string()]);
         for step in 0..12 {
             let d = if step % 2 == 0 { "3" } else { "-2" };
