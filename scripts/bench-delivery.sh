@@ -28,5 +28,5 @@ sleep "$secs"
 "$agent" --data-dir "$base/a" status --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-print(f"windows produced {s[\"windows_produced\"]}, sent {s[\"sent\"]}, queued {s[\"queued\"]}")
-print(f"window close -> verifier commit (acknowledged): p50 {s[\"delivery_ms_p50\"]} ms, p99 {s[\"delivery_ms_p99\"]} ms")'
+print("windows produced %s, sent %s, queued %s" % (s["windows_produced"], s["sent"], s["queued"]))
+print("window close -> verifier commit (acknowledged): p50 %s ms, p99 %s ms" % (s["delivery_ms_p50"], s["delivery_ms_p99"]))'
