@@ -15,6 +15,11 @@
 //! | `database_url` | string | `sqlite://PATH`; PostgreSQL is not supported yet |
 //! | `enroll_tokens` | array of strings | tokens accepted besides those made by `token create` |
 //! | `max_body_bytes` | integer | largest ingest body accepted, at most 8 MiB (the default) |
+//! | `[scoring]` | table | [`ScoringConfig`] fields (enrollment windows, method, `[scoring.trust]`, ...); each optional |
+//! | `[[webhooks]]` | array of tables | where alerts are POSTed, each with the fields below |
+//! | `webhooks[].url` | string | `http://` or `https://` URL; each URL once |
+//! | `webhooks[].secret` | string | shared HMAC-SHA256 key for `X-Cadence-Signature`, at least 16 characters |
+//! | `webhooks[].ca_file` | path | PEM CA certificate(s) to trust for this `https` webhook instead of the system's roots |
 //!
 //! Relative paths are relative to the file's directory. Without `tls_cert`/`tls_key`, a
 //! development CA and a server certificate for `127.0.0.1`, `::1` and `localhost` are made in
@@ -25,8 +30,10 @@ use std::path::{Path, PathBuf};
 
 use cadence_wire::records::MAX_BATCH_BYTES;
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::Error;
+use crate::scoring::{ScoringConfig, ScoringError};
 
 /// Where the verifier listens when neither `--listen` nor the file says.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -37,6 +44,8 @@ pub const DATABASE_FILE: &str = "verifier.db";
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Smallest `max_body_bytes`: one small envelope and its frame must fit.
 pub const MIN_BODY_BYTES: usize = 1024;
+/// Shortest webhook secret accepted: anything shorter can be guessed.
+pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
 
 /// Checked settings of one verifier.
 #[derive(Debug, Clone)]
@@ -53,6 +62,65 @@ pub struct Settings {
     pub extra_tokens: Vec<String>,
     /// Largest ingest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Scoring parameters, checked.
+    pub scoring: ScoringConfig,
+    /// Where alerts are delivered.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One checked webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `http` or `https` URL alerts are POSTed to. May carry a secret of its own (many
+    /// services put one in the path): logs show only its scheme and host ([`Webhook::name`]).
+    pub url: String,
+    /// The shared HMAC key.
+    pub secret: WebhookSecret,
+    /// PEM CA certificates to trust instead of the system's roots (https only).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Webhook {
+    /// The URL cut to scheme, host and port, safe to log and print.
+    pub fn name(&self) -> String {
+        redact_webhook_url(&self.url)
+    }
+}
+
+/// A webhook URL cut to scheme, host and port (path, query and credentials dropped).
+pub fn redact_webhook_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("?");
+            match u.port() {
+                Some(p) => format!("{}://{host}:{p}/…", u.scheme()),
+                None => format!("{}://{host}/…", u.scheme()),
+            }
+        }
+        Err(_) => "<invalid url>".to_owned(),
+    }
+}
+
+/// A webhook's shared secret: never printed (`Debug` says `<redacted>`), wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(Zeroizing<String>);
+
+impl WebhookSecret {
+    /// A secret from its text.
+    pub fn new(secret: impl Into<String>) -> WebhookSecret {
+        WebhookSecret(Zeroizing::new(secret.into()))
+    }
+
+    /// The key bytes, for the HMAC.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
 }
 
 /// Where the server's certificate and key come from.
@@ -87,6 +155,17 @@ struct RawFile {
     database_url: Option<String>,
     enroll_tokens: Option<Vec<String>>,
     max_body_bytes: Option<i64>,
+    scoring: Option<ScoringConfig>,
+    webhooks: Option<Vec<RawWebhook>>,
+}
+
+/// One `[[webhooks]]` entry as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Option<String>,
+    secret: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -100,6 +179,8 @@ impl Settings {
             tls: TlsSource::DevCa,
             extra_tokens: Vec::new(),
             max_body_bytes: MAX_BATCH_BYTES,
+            scoring: ScoringConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -200,6 +281,28 @@ impl Settings {
                 )),
             }
         }
+        if let Some(scoring) = raw.scoring {
+            match scoring.check() {
+                Ok(()) => {}
+                Err(ScoringError::Config { problems: p }) => {
+                    problems.extend(p.into_iter().map(|p| format!("scoring.{p}")));
+                }
+                Err(e) => problems.push(format!("scoring: {e}")),
+            }
+            settings.scoring = scoring;
+        }
+        for (i, w) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
+            if let Some(hook) = check_webhook(i, w, &resolve, &mut problems) {
+                if settings.webhooks.iter().any(|h| h.url == hook.url) {
+                    problems.push(format!(
+                        "webhooks[{i}].url: {} is listed twice",
+                        hook.name()
+                    ));
+                } else {
+                    settings.webhooks.push(hook);
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -214,6 +317,67 @@ impl Settings {
             TlsSource::Files { .. } => None,
         }
     }
+}
+
+/// Checks one `[[webhooks]]` entry, adding its problems to `problems`.
+fn check_webhook(
+    i: usize,
+    raw: RawWebhook,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<Webhook> {
+    let before = problems.len();
+    let mut https = false;
+    match &raw.url {
+        None => problems.push(format!("webhooks[{i}].url: missing")),
+        Some(url) => match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                https = u.scheme() == "https";
+            }
+            Ok(_) => problems.push(format!(
+                "webhooks[{i}].url: {} is not an http:// or https:// URL with a host",
+                redact_webhook_url(url)
+            )),
+            // Never quote the URL: it may carry a secret.
+            Err(e) => problems.push(format!("webhooks[{i}].url: not a URL ({e})")),
+        },
+    }
+    match &raw.secret {
+        None => problems.push(format!("webhooks[{i}].secret: missing")),
+        Some(s) if s.chars().count() < MIN_WEBHOOK_SECRET_LEN => problems.push(format!(
+            "webhooks[{i}].secret: shorter than {MIN_WEBHOOK_SECRET_LEN} characters, too easy to guess"
+        )),
+        Some(_) => {}
+    }
+    let ca_file = raw.ca_file.map(resolve);
+    if let Some(path) = &ca_file {
+        if raw.url.is_some() && !https {
+            problems.push(format!(
+                "webhooks[{i}].ca_file: only an https:// webhook uses a CA file"
+            ));
+        }
+        match std::fs::read(path) {
+            Err(e) => problems.push(format!(
+                "webhooks[{i}].ca_file: cannot read {}: {e}",
+                path.display()
+            )),
+            Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) if !certs.is_empty() => {}
+                _ => problems.push(format!(
+                    "webhooks[{i}].ca_file: {} holds no PEM certificate",
+                    path.display()
+                )),
+            },
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Webhook {
+        url: raw.url?,
+        secret: WebhookSecret(Zeroizing::new(raw.secret?)),
+        ca_file,
+    })
 }
 
 /// The per-OS default data directory: `directories`' data dir for `cadence`, then `verifier`.
@@ -342,6 +506,103 @@ mod tests {
         assert!(p[0].starts_with("max_body_bytes:"), "{p:?}");
         let p = problems("database_url = \"mysql://x\"");
         assert!(p[0].starts_with("database_url:"), "{p:?}");
+    }
+
+    #[test]
+    fn scoring_and_webhooks_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::tls::ensure_dev_ca(dir.path()).unwrap();
+        let text = format!(
+            r#"
+            [scoring]
+            keyboard_enroll_windows = 3
+            min_population_users = 2
+            [scoring.trust]
+            lockout = 40.0
+
+            [[webhooks]]
+            url = "https://hooks.example.com/services/T0/B0/x"
+            secret = "0123456789abcdef"
+            ca_file = "{}"
+
+            [[webhooks]]
+            url = "http://127.0.0.1:9000/alerts"
+            secret = "fedcba9876543210fedc"
+            "#,
+            dir.path().join("ca.pem").display()
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(s.scoring.keyboard_enroll_windows, 3);
+        assert_eq!(s.scoring.min_population_users, 2);
+        assert_eq!(s.scoring.trust.lockout, 40.0);
+        assert_eq!(
+            s.scoring.mouse_enroll_windows,
+            ScoringConfig::default().mouse_enroll_windows
+        );
+        assert_eq!(s.webhooks.len(), 2);
+        assert_eq!(s.webhooks[0].name(), "https://hooks.example.com/…");
+        assert_eq!(s.webhooks[0].secret.expose(), b"0123456789abcdef");
+        assert!(s.webhooks[0].ca_file.is_some());
+        assert_eq!(s.webhooks[1].name(), "http://127.0.0.1:9000/…");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+        assert_eq!(parse("").unwrap().scoring, ScoringConfig::default());
+    }
+
+    #[test]
+    fn every_scoring_and_webhook_problem_is_listed_with_its_field() {
+        let p = problems(
+            r#"
+            [scoring]
+            keyboard_enroll_windows = 1
+            [scoring.trust]
+            width = 0.0
+
+            [[webhooks]]
+            url = "ftp://files.example.com/in"
+            secret = "0123456789abcdef"
+
+            [[webhooks]]
+            url = "https://hooks.example.com/T0/s3cr3t"
+            secret = "short"
+
+            [[webhooks]]
+            ca_file = "/nonexistent/ca.pem"
+
+            [[webhooks]]
+            url = "http://127.0.0.1:1/x"
+            secret = "0123456789abcdef"
+            ca_file = "/nonexistent/ca.pem"
+
+            [[webhooks]]
+            url = "http://127.0.0.1:2/x"
+            secret = "0123456789abcdef"
+
+            [[webhooks]]
+            url = "http://127.0.0.1:2/x"
+            secret = "0123456789abcdef"
+            "#,
+        );
+        let all = p.join("\n");
+        for needle in [
+            "scoring.keyboard_enroll_windows:",
+            "scoring.trust.width:",
+            "webhooks[0].url:",
+            "webhooks[1].secret:",
+            "webhooks[2].url: missing",
+            "webhooks[2].secret: missing",
+            "webhooks[2].ca_file: cannot read",
+            "webhooks[3].ca_file: only an https:// webhook",
+            "webhooks[5].url: http://127.0.0.1:2/… is listed twice",
+        ] {
+            assert!(all.contains(needle), "{needle} not in:\n{all}");
+        }
+        assert!(!all.contains("s3cr3t") && !all.contains("short\""), "{all}");
+        let p = problems("[scoring]\nmethod = \"nearest\"\n");
+        assert!(p[0].contains("method"), "{p:?}");
+        let p =
+            problems("[[webhooks]]\nurl = \"http://x\"\nsecret = \"0123456789abcdef\"\nsign = 1\n");
+        assert!(p[0].contains("sign"), "{p:?}");
     }
 
     #[test]

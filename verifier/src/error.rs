@@ -68,6 +68,13 @@ pub enum Error {
     /// A device id given on the command line is not enrolled here.
     #[error("no device {0} is enrolled")]
     UnknownDevice(String),
+    /// `--user` names neither an enrolled device id nor the OS user of an enrolled device.
+    #[error("no device is enrolled with id or OS user {0:?}")]
+    UnknownUser(String),
+    /// A file given on the command line could not be used: the evaluation's vectors or labels
+    /// are unreadable, or hold nothing to evaluate.
+    #[error("{0}")]
+    Scoring(#[from] crate::scoring::ScoringError),
     /// Stored data that this verifier wrote cannot be read back: a corrupt or hand-edited
     /// database.
     #[error("corrupt stored data: {0}")]

@@ -5,9 +5,12 @@
 //! enrolled device, decryption under the verifier's key and the device's signature ([`open`]),
 //! and the payload's shape for its kind. Hands on [`NewRecord`]s and [`HeartbeatUpdate`]s to
 //! the [`Store`] in one transaction, and an [`Answer`] naming every envelope acknowledged or
-//! refused. Never acknowledges before the store has committed, never stores an envelope that
-//! did not open under the enrolled key, never panics on input, and never logs a payload:
-//! a refusal is logged with the device and a short reason only.
+//! refused. An `alert` record (the agent's guard) is also stored as an `injection` alert, in
+//! the same transaction, with its webhook deliveries queued; once committed, a device with new
+//! features records is queued for the [`Scorer`]. Never acknowledges before the store has
+//! committed, never stores an envelope that did not open under the enrolled key, never panics
+//! on input, and never logs a payload: a refusal is logged with the device and a short reason
+//! only.
 //!
 //! Deduplication: an envelope whose `(device, seq)` is stored with the same SHA-256 is a resend,
 //! acknowledged as a duplicate without being opened again (the same bytes opened before). The
@@ -29,7 +32,9 @@ use cadence_wire::{
 use tokio::sync::Semaphore;
 
 use crate::Error;
+use crate::alerts::Outbox;
 use crate::keys::sha256;
+use crate::scorer::Scorer;
 use crate::store::{Effect, HeartbeatUpdate, NewRecord, Outcome, Store};
 
 /// Why one envelope was refused. Each maps to one HTTP status (see [`crate::api`]).
@@ -164,6 +169,10 @@ pub struct Ingest {
     /// Bounds how many batches are decrypted at once (one per core): opening is CPU work done
     /// on blocking threads, and more of it at once would only make every request slower.
     crypto: Arc<Semaphore>,
+    /// Told about devices with new windows, after the commit.
+    scorer: Option<Scorer>,
+    /// Webhook URLs injection alerts are queued for, and the dispatcher to wake.
+    outbox: Outbox,
 }
 
 impl Ingest {
@@ -174,7 +183,17 @@ impl Ingest {
             store,
             keys,
             crypto: Arc::new(Semaphore::new(cores)),
+            scorer: None,
+            outbox: Outbox::default(),
         }
+    }
+
+    /// The same stage, queuing devices with new windows for `scorer` and injection alerts for
+    /// `outbox`'s webhooks.
+    pub fn with_scoring(mut self, scorer: Scorer, outbox: Outbox) -> Ingest {
+        self.scorer = Some(scorer);
+        self.outbox = outbox;
+        self
     }
 
     /// Checks, opens and stores one batch body; commits before it returns.
@@ -320,7 +339,10 @@ impl Ingest {
             match result {
                 Err(reason) => fates[i] = Some(Fate::Refused(reason)),
                 Ok(_) if reused[i] => fates[i] = Some(Fate::Refused(Reason::SeqReused)),
-                Ok(Opened::Record(r)) => {
+                Ok(Opened::Record(mut r)) => {
+                    if let Effect::Alert { webhooks } = &mut r.effect {
+                        *webhooks = self.outbox.urls().to_vec();
+                    }
                     records.push(r);
                     record_index.push(i);
                 }
@@ -335,12 +357,24 @@ impl Ingest {
                 .store
                 .commit(device, now_ms, &records, &heartbeats)
                 .await?;
-            for (i, outcome) in record_index.into_iter().zip(outcomes) {
+            let (mut windows, mut alerts) = (false, false);
+            for ((i, outcome), r) in record_index.into_iter().zip(outcomes).zip(&records) {
+                if outcome == Outcome::Stored {
+                    windows |= r.kind == Kind::Features;
+                    alerts |= matches!(r.effect, Effect::Alert { .. });
+                }
                 fates[i] = Some(match outcome {
                     Outcome::Stored => Fate::Stored,
                     Outcome::Duplicate => Fate::Duplicate,
                     Outcome::Reused => Fate::Refused(Reason::SeqReused),
                 });
+            }
+            if alerts {
+                tracing::warn!(%device, "keystroke injection alert from the agent's guard");
+                self.outbox.wake();
+            }
+            if windows && let Some(scorer) = &self.scorer {
+                scorer.enqueue(device);
             }
         }
         for (i, j) in copies {
@@ -429,7 +463,13 @@ fn open_one(
             if !v.is_object() {
                 return Err(Reason::BadPayload("alert is not a JSON object".to_owned()));
             }
-            (canonical(&v)?, Effect::None)
+            // The webhook URLs are filled in by the caller, which holds the configuration.
+            (
+                canonical(&v)?,
+                Effect::Alert {
+                    webhooks: Vec::new(),
+                },
+            )
         }
     };
     Ok(Opened::Record(NewRecord {

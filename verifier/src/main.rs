@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use cadence_verifier::cli::{self, Cli, Command, TokenCommand};
+use cadence_verifier::cli::{self, BaselineCommand, Cli, Command, TokenCommand};
 use cadence_verifier::{Error, Verifier, shutdown_signal};
 use clap::Parser;
 use tracing::level_filters::LevelFilter;
@@ -62,6 +62,51 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Windows { device, json } => {
             for line in cli::windows(&settings, device, json).await? {
+                say(&line);
+            }
+            Ok(())
+        }
+        Command::Alerts { json, device } => {
+            for line in cli::alerts(&settings, device, json).await? {
+                say(&line);
+            }
+            Ok(())
+        }
+        Command::Timeline { user, json } => {
+            for line in cli::timeline(&settings, &user, json).await? {
+                say(&line);
+            }
+            Ok(())
+        }
+        Command::Baseline {
+            command: BaselineCommand::Reset { user, modality },
+        } => {
+            for line in cli::baseline_reset(&settings, &user, modality).await? {
+                say(&line);
+            }
+            Ok(())
+        }
+        Command::Eval {
+            vectors,
+            enroll,
+            impostors,
+            labels,
+            json,
+        } => {
+            // CPU-bound: off the async workers.
+            let lines = tokio::task::spawn_blocking(move || {
+                cli::eval(
+                    &settings,
+                    &vectors,
+                    enroll,
+                    impostors,
+                    labels.as_deref(),
+                    json,
+                )
+            })
+            .await
+            .map_err(|e| Error::Corrupt(format!("evaluation task failed: {e}")))??;
+            for line in lines {
                 say(&line);
             }
             Ok(())

@@ -1,10 +1,13 @@
 //! The verifier process: start-up, the HTTPS accept loop, and shutdown.
 //!
-//! Owns the order of start-up (data directory, HPKE key, TLS, database, first token, listening
-//! socket) and the connections. Hands each request to the [`api`] router. Never
+//! Owns the order of start-up (data directory, HPKE key, TLS, database, first token, webhook
+//! clients, stored population, listening socket), the connections, and the two background
+//! tasks: the [`Scorer`] (which first scores whatever was stored but not scored before this
+//! start) and the webhook [`Dispatcher`]. Hands each request to the [`api`] router. Never
 //! starts serving before the database is open and migrated, and on shutdown stops accepting,
 //! lets open requests finish (each commits before it answers) for up to [`SHUTDOWN_DEADLINE`],
-//! then closes the database.
+//! then stops the background tasks (a scorer pass in progress finishes; an unfinished
+//! delivery attempt is made again next start) and closes the database.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,12 +22,15 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::alerts::Dispatcher;
 use crate::api::{self, AppState, now_ms};
 use crate::config::{Settings, TlsSource};
 use crate::ingest::Ingest;
 use crate::keys::{self, Token};
+use crate::scorer::Scorer;
 use crate::store::Store;
 use crate::{Error, tls};
 
@@ -56,6 +62,8 @@ pub struct Verifier {
     acceptor: TlsAcceptor,
     router: Router,
     store: Store,
+    scorer: Scorer,
+    dispatcher: Dispatcher,
     startup: Startup,
 }
 
@@ -97,6 +105,9 @@ impl Verifier {
             None
         };
 
+        let (dispatcher, outbox) = Dispatcher::new(store.clone(), &settings.webhooks)?;
+        let scorer = Scorer::load(store.clone(), settings.scoring.clone(), outbox.clone()).await?;
+
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -110,7 +121,7 @@ impl Verifier {
 
         let public_key = hpke.public_key();
         let state = Arc::new(AppState {
-            ingest: Ingest::new(store.clone(), Arc::new(hpke)),
+            ingest: Ingest::new(store.clone(), Arc::new(hpke)).with_scoring(scorer.clone(), outbox),
             store: store.clone(),
             public_key,
             extra_token_hashes: settings
@@ -125,6 +136,8 @@ impl Verifier {
             acceptor,
             router: api::router(state),
             store,
+            scorer,
+            dispatcher,
             startup: Startup {
                 addr,
                 ca_cert: settings.dev_ca_path(),
@@ -147,8 +160,13 @@ impl Verifier {
             acceptor,
             router,
             store,
+            scorer,
+            dispatcher,
             startup,
         } = self;
+        let (stop_tasks, tasks_stopped) = watch::channel(false);
+        let scoring = tokio::spawn(scorer.run(tasks_stopped.clone()));
+        let delivery = tokio::spawn(dispatcher.run(tasks_stopped));
         tracing::info!(addr = %startup.addr, "serving");
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -201,6 +219,20 @@ impl Verifier {
             .is_err()
         {
             tracing::warn!("requests still open at the shutdown deadline; closing them");
+        }
+        let _ = stop_tasks.send(true);
+        let tasks = async {
+            for (name, task) in [("scorer", scoring), ("webhook delivery", delivery)] {
+                if let Err(e) = task.await {
+                    tracing::error!(task = name, error = %e, "background task ended abnormally");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, tasks)
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks still running at the shutdown deadline");
         }
         store.close().await;
         tracing::info!("stopped");

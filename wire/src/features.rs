@@ -218,6 +218,11 @@ feature_block!(
         "drag_share" => "share of distance moved with a button held",
         "scroll_rate" => "scroll steps per motion event",
         "scroll_interval_p50" => "time between scroll steps within a scroll run, median",
+        "sample_ms_p10" => "time between motion samples within a stroke, 10th percentile",
+        "sample_ms_p50" => "time between motion samples within a stroke, median",
+        "sample_ms_p90" => "time between motion samples within a stroke, 90th percentile",
+        "step_px_p50" => "distance moved per motion sample, median",
+        "step_px_p90" => "distance moved per motion sample, 90th percentile",
     ]
 );
 

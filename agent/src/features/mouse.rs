@@ -33,6 +33,10 @@ pub struct MouseAcc {
     click_hold: Samples,
     move_to_click: Samples,
     scroll_interval: Samples,
+    /// Time between motion samples within a stroke (ms): the device's and link's cadence.
+    sample_ms: Samples,
+    /// Distance per motion sample (px).
+    step_px: Samples,
     /// Distance moved per direction octant (E, NE, N, NW, W, SW, S, SE).
     dir: [f64; 8],
     distance: f64,
@@ -86,6 +90,8 @@ impl MouseAcc {
             &mut self.click_hold,
             &mut self.move_to_click,
             &mut self.scroll_interval,
+            &mut self.sample_ms,
+            &mut self.step_px,
         ];
         for b in bufs.iter_mut() {
             b.clear();
@@ -103,6 +109,8 @@ impl MouseAcc {
             click_hold: keep.click_hold,
             move_to_click: keep.move_to_click,
             scroll_interval: keep.scroll_interval,
+            sample_ms: keep.sample_ms,
+            step_px: keep.step_px,
             ..MouseAcc::default()
         };
     }
@@ -144,6 +152,10 @@ impl MouseAcc {
         let dist = sx.hypot(sy);
         let v = dist / dt;
         self.speed.push(v as f32);
+        self.sample_ms.push((dt * 1000.0) as f32);
+        if dist > 0.0 {
+            self.step_px.push(dist as f32);
+        }
         self.motion_us += dt * 1e6;
         if let Some(pv) = self.last_speed {
             let a = (v - pv) / dt;
@@ -249,6 +261,11 @@ impl MouseAcc {
     pub fn finish(&mut self) -> Option<MouseFeatures> {
         self.end_stroke();
         let [s10, s50, s90] = self.speed.quantiles([0.1, 0.5, 0.9])?;
+        let [dt10, dt50, dt90] = self
+            .sample_ms
+            .quantiles([0.1, 0.5, 0.9])
+            .unwrap_or([0.0; 3]);
+        let [px50, px90] = self.step_px.quantiles([0.5, 0.9]).unwrap_or([0.0; 2]);
         let speed_mean = if self.motion_us > 0.0 {
             self.distance / (self.motion_us / 1e6)
         } else {
@@ -299,6 +316,11 @@ impl MouseAcc {
             },
             f64::from(self.scrolls) / motion_events,
             self.scroll_interval.quantile(0.5).unwrap_or(0.0),
+            dt10,
+            dt50,
+            dt90,
+            px50,
+            px90,
         ];
         Some(MouseFeatures(v.map(round3)))
     }
@@ -325,6 +347,9 @@ mod tests {
         assert_eq!(f(&out, "straightness_p50"), 1.0);
         assert_eq!(f(&out, "dir_e"), 1.0);
         assert_eq!(f(&out, "dir_w"), 0.0);
+        assert_eq!(f(&out, "sample_ms_p10"), 10.0);
+        assert_eq!(f(&out, "sample_ms_p90"), 10.0);
+        assert_eq!(f(&out, "step_px_p50"), 10.0);
     }
 
     #[test]
@@ -337,6 +362,9 @@ mod tests {
         let out = m.finish().unwrap();
         assert_eq!(f(&out, "dir_n"), 1.0);
         assert!(f(&out, "speed_p50").is_finite());
+        // Same-time reports merge: one sample every 8 ms of 6 px.
+        assert_eq!(f(&out, "sample_ms_p50"), 8.0);
+        assert_eq!(f(&out, "step_px_p90"), 6.0);
     }
 
     #[test]

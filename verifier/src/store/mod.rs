@@ -1,10 +1,17 @@
 //! Storage: what the verifier knows, behind one [`Store`] type.
 //!
 //! Owns enrolled devices, enrollment-token hashes, stored records (each `(device, seq)` once),
-//! consent events and gaps. Hands on plain values ([`DeviceSummary`], [`StoredRecord`],
-//! [`Outcome`]); no SQL type leaves this module. Never stores a record without the
-//! transaction committing before the caller acknowledges it, never stores a token in clear,
-//! and never decides what is valid: ingest checks envelopes and payloads before they get here.
+//! consent events and gaps; and, for scoring, each device's profile, the population, one score
+//! row per scored window, alerts and the webhook outbox. Hands on plain values
+//! ([`DeviceSummary`], [`StoredRecord`], [`Outcome`], [`AlertSummary`], [`TimelineEntry`],
+//! [`Delivery`]); no SQL type leaves this module, and scoring state travels as the JSON text
+//! the scoring module wrote. Never stores a record without the transaction committing before
+//! the caller acknowledges it, never stores a token in clear, and never decides what is
+//! valid: ingest checks envelopes and payloads before they get here, the scorer decides
+//! scores.
+//!
+//! An alert is stored in the same transaction as its outbox rows (one per webhook URL
+//! configured at the time), so an alert is never stored without its deliveries queued.
 //!
 //! SQLite is the only backend so far (`sqlite.rs`); PostgreSQL is to be added as a second
 //! `Backend` variant with the same API. The schema is in `migrations/`, embedded and applied on
@@ -103,6 +110,12 @@ pub enum Effect {
     Consent(ConsentRecord),
     /// A gap: kept for reports.
     Gap(GapRecord),
+    /// The agent's guard raised an alert: stored as an [`AlertKind::Injection`] alert too, with
+    /// the payload as evidence, and queued for these webhook URLs.
+    Alert {
+        /// The webhook URLs configured now.
+        webhooks: Vec<String>,
+    },
 }
 
 /// A heartbeat that opened: updates the device's state when newer than the last one applied.
@@ -125,6 +138,212 @@ pub enum Outcome {
     Duplicate,
     /// Another envelope already holds this sequence number: refuse it.
     Reused,
+}
+
+/// What raised an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The device's trust level fell below the lockout after a run of unlike windows.
+    Trust,
+    /// The agent's guard saw keystroke injection.
+    Injection,
+}
+
+impl AlertKind {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Trust => "trust",
+            AlertKind::Injection => "injection",
+        }
+    }
+
+    fn parse(s: &str) -> Result<AlertKind, Error> {
+        match s {
+            "trust" => Ok(AlertKind::Trust),
+            "injection" => Ok(AlertKind::Injection),
+            other => Err(Error::Corrupt(format!("alert kind {other:?}"))),
+        }
+    }
+}
+
+/// A device's scoring profile as stored: the scoring module's JSON and its write version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProfile {
+    /// `scoring::UserProfile` JSON.
+    pub json: String,
+    /// Goes up by one with every write; 0 for "no row yet".
+    pub version: u64,
+}
+
+/// The population as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPopulation {
+    /// Bumped on every re-learn.
+    pub generation: u64,
+    /// `scoring::Population` JSON.
+    pub json: String,
+    /// Devices whose windows it was learned from.
+    pub users: u64,
+    /// Devices with a keyboard baseline when it was learned.
+    pub keyboard_users: u64,
+    /// Devices with a mouse baseline when it was learned.
+    pub mouse_users: u64,
+    /// When it was learned (verifier clock).
+    pub learned_ms: u64,
+}
+
+/// What scoring one window gave, to store.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ScoreRow {
+    /// The window's sequence number.
+    pub seq: u64,
+    /// When the agent closed the window (device clock).
+    pub created_ms: u64,
+    /// When the verifier stored it (verifier clock).
+    pub received_ms: u64,
+    /// Keyboard score, if scored.
+    pub keyboard: Option<f64>,
+    /// Mouse score, if scored.
+    pub mouse: Option<f64>,
+    /// Fused score, if any modality was scored.
+    pub score: Option<f64>,
+    /// Whether the scores were cohort-normalized.
+    pub calibrated: bool,
+    /// The trust level after this window, when trust moved.
+    pub trust: Option<f64>,
+    /// Whether this window raised a trust alert.
+    pub alert: bool,
+    /// JSON object modality → windows still needed, when the window went into enrollment.
+    pub enrolling: Option<String>,
+    /// Why the window was refused instead of scored.
+    pub rejected: Option<String>,
+}
+
+/// An alert to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAlert {
+    /// The window or record that raised it.
+    pub seq: Option<u64>,
+    /// When it happened (device clock).
+    pub created_ms: u64,
+    /// What raised it.
+    pub kind: AlertKind,
+    /// The trust level that crossed the lockout (trust alerts).
+    pub trust: Option<f64>,
+    /// Evidence, a JSON object.
+    pub evidence: String,
+}
+
+/// One scorer pass over a device's windows, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct ScoringUpdate<'a> {
+    /// The device.
+    pub device: DeviceId,
+    /// Its profile after the pass (`scoring::UserProfile` JSON).
+    pub profile: &'a str,
+    /// The profile version the pass started from: if another writer changed the profile in
+    /// between, nothing is written.
+    pub expected_version: u64,
+    /// A score row per window taken in.
+    pub scores: &'a [ScoreRow],
+    /// Alerts raised.
+    pub alerts: &'a [NewAlert],
+    /// Webhook URLs to queue each alert for.
+    pub webhooks: &'a [String],
+    /// Verifier clock.
+    pub now_ms: u64,
+}
+
+/// One delivery of an alert to a webhook, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// The webhook URL (may hold a secret: show it through `config::redact_webhook_url`).
+    pub url: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was delivered (verifier clock).
+    pub delivered_ms: Option<u64>,
+    /// Whether delivery was given up.
+    pub failed: bool,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// A stored alert with its device and deliveries, as `alerts` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSummary {
+    /// Its id, increasing.
+    pub id: u64,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The device's OS user.
+    pub os_user: String,
+    /// The device's host name.
+    pub hostname: String,
+    /// The window or record that raised it.
+    pub seq: Option<u64>,
+    /// When it happened (device clock).
+    pub created_ms: u64,
+    /// When the verifier stored it.
+    pub raised_ms: u64,
+    /// What raised it.
+    pub kind: AlertKind,
+    /// The trust level that crossed the lockout.
+    pub trust: Option<f64>,
+    /// Evidence, JSON object text.
+    pub evidence: String,
+    /// One per webhook it was queued for.
+    pub deliveries: Vec<DeliveryState>,
+}
+
+/// A webhook delivery that is due, with what its body needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The alert (its `deliveries` left empty).
+    pub alert: AlertSummary,
+    /// The webhook URL.
+    pub url: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Delivered (2xx) at this time.
+    Delivered {
+        /// Verifier clock.
+        at_ms: u64,
+    },
+    /// Failed; try again at `next_attempt_ms`.
+    Retry {
+        /// When to try again.
+        next_attempt_ms: u64,
+        /// What went wrong.
+        error: String,
+    },
+    /// Failed for the last time: given up.
+    GaveUp {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// One features window of a device with its score row, if scored, as `timeline` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The score row; `None` while the window waits for the scorer.
+    pub score: Option<ScoreRow>,
+    /// The window's sequence number.
+    pub seq: u64,
+    /// When the agent closed it (device clock).
+    pub created_ms: u64,
+    /// When the verifier stored it.
+    pub received_ms: u64,
 }
 
 impl Store {
@@ -234,8 +453,152 @@ impl Store {
 
     /// Stored records of one kind for one device, by sequence number.
     pub async fn records(&self, device: DeviceId, kind: Kind) -> Result<Vec<StoredRecord>, Error> {
+        self.records_page(device, kind, None, u32::MAX).await
+    }
+
+    /// Up to `limit` stored records of one kind for one device after sequence number `after`
+    /// (from the first when `None`), by sequence number.
+    pub async fn records_page(
+        &self,
+        device: DeviceId,
+        kind: Kind,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, Error> {
         match &self.backend {
-            Backend::Sqlite(s) => s.records(device, kind).await,
+            Backend::Sqlite(s) => s.records_page(device, kind, after, limit).await,
+        }
+    }
+
+    /// The devices an operator means by `user`: the device with that id, or every device of
+    /// that OS user. Empty when there is none.
+    pub async fn find_devices(&self, user: &str) -> Result<Vec<DeviceSummary>, Error> {
+        let all = self.devices().await?;
+        let by_id: Vec<DeviceSummary> = match user.parse::<DeviceId>() {
+            Ok(id) => all.iter().filter(|d| d.device_id == id).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        if !by_id.is_empty() {
+            return Ok(by_id);
+        }
+        Ok(all.into_iter().filter(|d| d.os_user == user).collect())
+    }
+
+    /// Up to `limit` features records of `device` that have no score row yet, by sequence
+    /// number.
+    pub async fn unscored_windows(
+        &self,
+        device: DeviceId,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.unscored_windows(device, limit).await,
+        }
+    }
+
+    /// Devices with at least one features record that has no score row.
+    pub async fn devices_with_unscored_windows(&self) -> Result<Vec<DeviceId>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.devices_with_unscored_windows().await,
+        }
+    }
+
+    /// A device's scoring profile, if one was stored.
+    pub async fn profile(&self, device: DeviceId) -> Result<Option<StoredProfile>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.profile(device).await,
+        }
+    }
+
+    /// Every stored profile.
+    pub async fn profiles(&self) -> Result<Vec<(DeviceId, StoredProfile)>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.profiles().await,
+        }
+    }
+
+    /// Writes a profile unless its version moved past `expected_version` (0: no row yet).
+    /// Returns whether it was written.
+    pub async fn save_profile(
+        &self,
+        device: DeviceId,
+        json: &str,
+        expected_version: u64,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.save_profile(device, json, expected_version, now_ms).await,
+        }
+    }
+
+    /// Writes one scorer pass (profile, score rows, alerts and their outbox rows) in one
+    /// transaction, unless the profile changed since it was read (then nothing is written and
+    /// this returns `Ok(None)`). Returns the ids of the alerts stored.
+    pub async fn save_scoring(
+        &self,
+        update: &ScoringUpdate<'_>,
+    ) -> Result<Option<Vec<u64>>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.save_scoring(update).await,
+        }
+    }
+
+    /// The stored population, if one was learned.
+    pub async fn population(&self) -> Result<Option<StoredPopulation>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.population().await,
+        }
+    }
+
+    /// Replaces the stored population.
+    pub async fn save_population(&self, population: &StoredPopulation) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.save_population(population).await,
+        }
+    }
+
+    /// Stored alerts, oldest first, of one device or of all.
+    pub async fn alerts(&self, device: Option<DeviceId>) -> Result<Vec<AlertSummary>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.alerts(device).await,
+        }
+    }
+
+    /// Every features window of `device`, by sequence number, with its score row.
+    pub async fn timeline(&self, device: DeviceId) -> Result<Vec<TimelineEntry>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.timeline(device).await,
+        }
+    }
+
+    /// Up to `limit` pending deliveries to any of `urls` due at `now_ms`, earliest first.
+    pub async fn due_deliveries(
+        &self,
+        now_ms: u64,
+        urls: &[String],
+        limit: u32,
+    ) -> Result<Vec<Delivery>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.due_deliveries(now_ms, urls, limit).await,
+        }
+    }
+
+    /// When the next pending delivery to any of `urls` is due, if there is one.
+    pub async fn next_delivery_ms(&self, urls: &[String]) -> Result<Option<u64>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.next_delivery_ms(urls).await,
+        }
+    }
+
+    /// Records the outcome of one delivery attempt (counts the attempt).
+    pub async fn record_delivery(
+        &self,
+        alert_id: u64,
+        url: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_delivery(alert_id, url, outcome).await,
         }
     }
 }

@@ -19,7 +19,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    DeviceSummary, Effect, HeartbeatUpdate, NewDevice, NewRecord, Outcome, StoredRecord, state_name,
+    AlertKind, AlertSummary, Delivery, DeliveryOutcome, DeliveryState, DeviceSummary, Effect,
+    HeartbeatUpdate, NewAlert, NewDevice, NewRecord, Outcome, ScoreRow, ScoringUpdate,
+    StoredPopulation, StoredProfile, StoredRecord, TimelineEntry, state_name,
 };
 use crate::Error;
 
@@ -31,11 +33,23 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_CONNECTIONS: u32 = 4;
 
 /// Embedded migrations, in order; each ends by setting `PRAGMA user_version` to its number.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_scoring.sql")),
+];
 
 /// Starts a write transaction that holds the write lock from its first statement, so it can
 /// never fail half-way with `SQLITE_BUSY` on upgrading a read lock.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// The columns [`alert_summary`] reads: an alert (`a`) and its device (`d`). A macro so that
+/// queries stay `&'static str` (sqlx refuses strings built at run time).
+macro_rules! alert_columns {
+    () => {
+        "a.id, a.device_id, a.seq, a.created_ms, a.raised_ms, a.kind, a.trust, a.evidence,
+         d.os_user, d.hostname"
+    };
+}
 
 #[derive(Clone, Debug)]
 pub(super) struct SqliteStore {
@@ -252,32 +266,473 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(super) async fn records(
+    pub(super) async fn records_page(
         &self,
         device: DeviceId,
         kind: Kind,
+        after: Option<u64>,
+        limit: u32,
     ) -> Result<Vec<StoredRecord>, Error> {
+        // Sequence numbers are stored as i64 with the same bits, so "after" is compared in
+        // that order; agents number from 1, far below where the two orders differ.
         let rows = sqlx::query(
             "SELECT seq, created_ms, received_ms, payload FROM records
-             WHERE device_id = ?1 AND kind = ?2 ORDER BY seq",
+             WHERE device_id = ?1 AND kind = ?2 AND (?3 IS NULL OR seq > ?3)
+             ORDER BY seq LIMIT ?4",
         )
         .bind(device.to_string())
         .bind(kind.as_str())
+        .bind(after.map(seq_to_db))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| stored_record(r, device, kind))
+            .collect()
+    }
+
+    pub(super) async fn unscored_windows(
+        &self,
+        device: DeviceId,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT r.seq, r.created_ms, r.received_ms, r.payload FROM records r
+             WHERE r.device_id = ?1 AND r.kind = ?2
+               AND NOT EXISTS (SELECT 1 FROM scores s
+                               WHERE s.device_id = r.device_id AND s.seq = r.seq)
+             ORDER BY r.seq LIMIT ?3",
+        )
+        .bind(device.to_string())
+        .bind(Kind::Features.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| stored_record(r, device, Kind::Features))
+            .collect()
+    }
+
+    pub(super) async fn devices_with_unscored_windows(&self) -> Result<Vec<DeviceId>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT r.device_id FROM records r
+             WHERE r.kind = ?1
+               AND NOT EXISTS (SELECT 1 FROM scores s
+                               WHERE s.device_id = r.device_id AND s.seq = r.seq)
+             ORDER BY r.device_id",
+        )
+        .bind(Kind::Features.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        ids.iter().map(|id| parse_device_id(id)).collect()
+    }
+
+    pub(super) async fn profile(&self, device: DeviceId) -> Result<Option<StoredProfile>, Error> {
+        let row = sqlx::query("SELECT profile, version FROM profiles WHERE device_id = ?1")
+            .bind(device.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(StoredProfile {
+                json: r.try_get("profile")?,
+                version: from_db_count(r.try_get("version")?),
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn profiles(&self) -> Result<Vec<(DeviceId, StoredProfile)>, Error> {
+        let rows =
+            sqlx::query("SELECT device_id, profile, version FROM profiles ORDER BY device_id")
+                .fetch_all(&self.read)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+                    StoredProfile {
+                        json: r.try_get("profile")?,
+                        version: from_db_count(r.try_get("version")?),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    pub(super) async fn save_profile(
+        &self,
+        device: DeviceId,
+        json: &str,
+        expected_version: u64,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
+        let saved = write_profile(&mut tx, device, json, expected_version, now_ms).await?;
+        if saved {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(saved)
+    }
+
+    pub(super) async fn save_scoring(
+        &self,
+        u: &ScoringUpdate<'_>,
+    ) -> Result<Option<Vec<u64>>, Error> {
+        let id = u.device.to_string();
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
+        if !write_profile(&mut tx, u.device, u.profile, u.expected_version, u.now_ms).await? {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        for s in u.scores {
+            sqlx::query(
+                "INSERT INTO scores (device_id, seq, created_ms, received_ms, scored_ms, keyboard,
+                                     mouse, score, calibrated, trust, alert, enrolling, rejected)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )
+            .bind(&id)
+            .bind(seq_to_db(s.seq))
+            .bind(ms_to_db(s.created_ms))
+            .bind(ms_to_db(s.received_ms))
+            .bind(ms_to_db(u.now_ms))
+            .bind(finite(s.keyboard))
+            .bind(finite(s.mouse))
+            .bind(finite(s.score))
+            .bind(s.calibrated)
+            .bind(finite(s.trust))
+            .bind(s.alert)
+            .bind(&s.enrolling)
+            .bind(&s.rejected)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut ids = Vec::with_capacity(u.alerts.len());
+        for a in u.alerts {
+            ids.push(insert_alert(&mut tx, &id, a, u.webhooks, u.now_ms).await?);
+        }
+        tx.commit().await?;
+        Ok(Some(ids))
+    }
+
+    pub(super) async fn population(&self) -> Result<Option<StoredPopulation>, Error> {
+        let row = sqlx::query(
+            "SELECT generation, data, users, keyboard_users, mouse_users, learned_ms
+             FROM population WHERE id = 1",
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(StoredPopulation {
+                generation: from_db_count(r.try_get("generation")?),
+                json: r.try_get("data")?,
+                users: from_db_count(r.try_get("users")?),
+                keyboard_users: from_db_count(r.try_get("keyboard_users")?),
+                mouse_users: from_db_count(r.try_get("mouse_users")?),
+                learned_ms: ms_from_db(r.try_get("learned_ms")?),
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn save_population(&self, p: &StoredPopulation) -> Result<(), Error> {
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "INSERT INTO population (id, generation, data, users, keyboard_users, mouse_users,
+                                     learned_ms)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET generation = excluded.generation,
+                data = excluded.data, users = excluded.users,
+                keyboard_users = excluded.keyboard_users, mouse_users = excluded.mouse_users,
+                learned_ms = excluded.learned_ms",
+        )
+        .bind(ms_to_db(p.generation))
+        .bind(&p.json)
+        .bind(ms_to_db(p.users))
+        .bind(ms_to_db(p.keyboard_users))
+        .bind(ms_to_db(p.mouse_users))
+        .bind(ms_to_db(p.learned_ms))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn alerts(
+        &self,
+        device: Option<DeviceId>,
+    ) -> Result<Vec<AlertSummary>, Error> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            alert_columns!(),
+            " FROM alerts a JOIN devices d ON d.device_id = a.device_id
+             WHERE (?1 IS NULL OR a.device_id = ?1) ORDER BY a.id"
+        ))
+        .bind(device.map(|d| d.to_string()))
+        .fetch_all(&self.read)
+        .await?;
+        let mut alerts: Vec<AlertSummary> =
+            rows.iter().map(alert_summary).collect::<Result<_, _>>()?;
+        let deliveries = sqlx::query(
+            "SELECT o.alert_id, o.url, o.attempts, o.delivered_ms, o.failed, o.last_error
+             FROM webhook_outbox o JOIN alerts a ON a.id = o.alert_id
+             WHERE (?1 IS NULL OR a.device_id = ?1) ORDER BY o.alert_id, o.url",
+        )
+        .bind(device.map(|d| d.to_string()))
+        .fetch_all(&self.read)
+        .await?;
+        for r in &deliveries {
+            let alert_id = from_db_count(r.try_get("alert_id")?);
+            let state = DeliveryState {
+                url: r.try_get("url")?,
+                attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                delivered_ms: r.try_get::<Option<i64>, _>("delivered_ms")?.map(ms_from_db),
+                failed: r.try_get("failed")?,
+                last_error: r.try_get("last_error")?,
+            };
+            // Both lists are ordered by alert id.
+            if let Ok(i) = alerts.binary_search_by_key(&alert_id, |a| a.id) {
+                alerts[i].deliveries.push(state);
+            }
+        }
+        Ok(alerts)
+    }
+
+    pub(super) async fn timeline(&self, device: DeviceId) -> Result<Vec<TimelineEntry>, Error> {
+        let rows = sqlx::query(
+            "SELECT r.seq, r.created_ms, r.received_ms, s.seq IS NOT NULL AS scored, s.keyboard,
+                    s.mouse, s.score, s.calibrated, s.trust, s.alert, s.enrolling, s.rejected
+             FROM records r
+             LEFT JOIN scores s ON s.device_id = r.device_id AND s.seq = r.seq
+             WHERE r.device_id = ?1 AND r.kind = ?2
+             ORDER BY r.seq",
+        )
+        .bind(device.to_string())
+        .bind(Kind::Features.as_str())
         .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(StoredRecord {
-                    device,
-                    seq: seq_from_db(r.try_get("seq")?),
-                    kind,
-                    created_ms: ms_from_db(r.try_get("created_ms")?),
-                    received_ms: ms_from_db(r.try_get("received_ms")?),
-                    payload: r.try_get("payload")?,
+                let seq = seq_from_db(r.try_get("seq")?);
+                let created_ms = ms_from_db(r.try_get("created_ms")?);
+                let received_ms = ms_from_db(r.try_get("received_ms")?);
+                let score = if r.try_get::<bool, _>("scored")? {
+                    Some(ScoreRow {
+                        seq,
+                        created_ms,
+                        received_ms,
+                        keyboard: r.try_get("keyboard")?,
+                        mouse: r.try_get("mouse")?,
+                        score: r.try_get("score")?,
+                        calibrated: r.try_get("calibrated")?,
+                        trust: r.try_get("trust")?,
+                        alert: r.try_get("alert")?,
+                        enrolling: r.try_get("enrolling")?,
+                        rejected: r.try_get("rejected")?,
+                    })
+                } else {
+                    None
+                };
+                Ok(TimelineEntry {
+                    device_id: device,
+                    score,
+                    seq,
+                    created_ms,
+                    received_ms,
                 })
             })
             .collect()
     }
+
+    pub(super) async fn due_deliveries(
+        &self,
+        now_ms: u64,
+        urls: &[String],
+        limit: u32,
+    ) -> Result<Vec<Delivery>, Error> {
+        if urls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            alert_columns!(),
+            ", o.url, o.attempts
+             FROM webhook_outbox o
+             JOIN alerts a ON a.id = o.alert_id
+             JOIN devices d ON d.device_id = a.device_id
+             WHERE o.delivered_ms IS NULL AND o.failed = 0 AND o.next_attempt_ms <= ?1
+               AND o.url IN (SELECT value FROM json_each(?2))
+             ORDER BY o.next_attempt_ms, a.id LIMIT ?3"
+        ))
+        .bind(ms_to_db(now_ms))
+        .bind(serde_json::Value::from(urls.to_vec()).to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Delivery {
+                    alert: alert_summary(r)?,
+                    url: r.try_get("url")?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn next_delivery_ms(&self, urls: &[String]) -> Result<Option<u64>, Error> {
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_ms) FROM webhook_outbox
+             WHERE delivered_ms IS NULL AND failed = 0
+               AND url IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::Value::from(urls.to_vec()).to_string())
+        .fetch_one(&self.read)
+        .await?;
+        Ok(next.map(ms_from_db))
+    }
+
+    pub(super) async fn record_delivery(
+        &self,
+        alert_id: u64,
+        url: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<(), Error> {
+        let (delivered, next, failed, error) = match outcome {
+            DeliveryOutcome::Delivered { at_ms } => (Some(ms_to_db(*at_ms)), None, false, None),
+            DeliveryOutcome::Retry {
+                next_attempt_ms,
+                error,
+            } => (None, Some(ms_to_db(*next_attempt_ms)), false, Some(error)),
+            DeliveryOutcome::GaveUp { error } => (None, None, true, Some(error)),
+        };
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = attempts + 1,
+                delivered_ms = ?3,
+                next_attempt_ms = COALESCE(?4, next_attempt_ms),
+                failed = ?5,
+                last_error = COALESCE(?6, last_error)
+             WHERE alert_id = ?1 AND url = ?2",
+        )
+        .bind(ms_to_db(alert_id))
+        .bind(url)
+        .bind(delivered)
+        .bind(next)
+        .bind(failed)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn alert_summary(r: &sqlx::sqlite::SqliteRow) -> Result<AlertSummary, Error> {
+    Ok(AlertSummary {
+        id: from_db_count(r.try_get("id")?),
+        device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+        os_user: r.try_get("os_user")?,
+        hostname: r.try_get("hostname")?,
+        seq: r.try_get::<Option<i64>, _>("seq")?.map(seq_from_db),
+        created_ms: ms_from_db(r.try_get("created_ms")?),
+        raised_ms: ms_from_db(r.try_get("raised_ms")?),
+        kind: AlertKind::parse(&r.try_get::<String, _>("kind")?)?,
+        trust: r.try_get("trust")?,
+        evidence: r.try_get("evidence")?,
+        deliveries: Vec::new(),
+    })
+}
+
+fn stored_record(
+    r: &sqlx::sqlite::SqliteRow,
+    device: DeviceId,
+    kind: Kind,
+) -> Result<StoredRecord, Error> {
+    Ok(StoredRecord {
+        device,
+        seq: seq_from_db(r.try_get("seq")?),
+        kind,
+        created_ms: ms_from_db(r.try_get("created_ms")?),
+        received_ms: ms_from_db(r.try_get("received_ms")?),
+        payload: r.try_get("payload")?,
+    })
+}
+
+/// Writes a profile inside `tx` if its version is still `expected` (0: no row yet); says
+/// whether it did.
+async fn write_profile(
+    tx: &mut SqliteConnection,
+    device: DeviceId,
+    json: &str,
+    expected: u64,
+    now_ms: u64,
+) -> Result<bool, Error> {
+    let id = device.to_string();
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM profiles WHERE device_id = ?1")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if current.map_or(0, from_db_count) != expected {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO profiles (device_id, profile, version, updated_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device_id) DO UPDATE SET profile = excluded.profile,
+            version = excluded.version, updated_ms = excluded.updated_ms",
+    )
+    .bind(&id)
+    .bind(json)
+    .bind(ms_to_db(expected.saturating_add(1)))
+    .bind(ms_to_db(now_ms))
+    .execute(&mut *tx)
+    .await?;
+    Ok(true)
+}
+
+/// Stores one alert and its outbox rows (one per webhook URL, due now); returns its id.
+async fn insert_alert(
+    tx: &mut SqliteConnection,
+    device_id: &str,
+    a: &NewAlert,
+    webhooks: &[String],
+    now_ms: u64,
+) -> Result<u64, Error> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO alerts (device_id, seq, created_ms, raised_ms, kind, trust, evidence)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+    )
+    .bind(device_id)
+    .bind(a.seq.map(seq_to_db))
+    .bind(ms_to_db(a.created_ms))
+    .bind(ms_to_db(now_ms))
+    .bind(a.kind.as_str())
+    .bind(finite(a.trust))
+    .bind(&a.evidence)
+    .fetch_one(&mut *tx)
+    .await?;
+    for url in webhooks {
+        sqlx::query(
+            "INSERT INTO webhook_outbox (alert_id, url, attempts, next_attempt_ms, failed)
+             VALUES (?1, ?2, 0, ?3, 0) ON CONFLICT (alert_id, url) DO NOTHING",
+        )
+        .bind(id)
+        .bind(url)
+        .bind(ms_to_db(now_ms))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(from_db_count(id))
+}
+
+/// A score as stored: NaN and infinities (never produced by the scorer) become NULL.
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite())
 }
 
 /// Inserts one record unless its `(device, seq)` is taken; says which it was.
@@ -359,6 +814,16 @@ async fn insert_record(
             .bind(&g.reason)
             .execute(&mut *tx)
             .await?;
+        }
+        Effect::Alert { webhooks } => {
+            let alert = NewAlert {
+                seq: Some(r.seq),
+                created_ms: r.created_ms,
+                kind: AlertKind::Injection,
+                trust: None,
+                evidence: r.payload.clone(),
+            };
+            insert_alert(&mut *tx, id, &alert, webhooks, received_ms).await?;
         }
     }
     Ok(Outcome::Stored)

@@ -116,14 +116,25 @@ pub struct Device {
 
 impl Device {
     pub async fn enroll(server: &TestServer, client: &reqwest::Client, token: &str) -> Device {
+        Device::enroll_as(server, client, token, "alice", "laptop-1").await
+    }
+
+    /// Enrolls for `os_user` on `hostname`.
+    pub async fn enroll_as(
+        server: &TestServer,
+        client: &reqwest::Client,
+        token: &str,
+        os_user: &str,
+        hostname: &str,
+    ) -> Device {
         let key = DeviceSigningKey::generate().unwrap();
         let response = client
             .post(server.url("/v1/enroll"))
             .json(&EnrollRequest {
                 token: token.to_owned(),
                 device_public_key: key.public_key(),
-                os_user: "alice".to_owned(),
-                hostname: "laptop-1".to_owned(),
+                os_user: os_user.to_owned(),
+                hostname: hostname.to_owned(),
             })
             .send()
             .await
@@ -182,4 +193,93 @@ pub async fn post(server: &TestServer, client: &reqwest::Client, body: Vec<u8>) 
         .unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
+}
+
+/// A deterministic pseudo-random source for generated windows (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Roughly standard normal (sum of uniforms).
+    pub fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
+    }
+}
+
+/// A typist: a personal level per keyboard feature, and how much windows vary around it.
+#[derive(Clone)]
+pub struct Typist {
+    pub levels: [f64; KEYBOARD_LEN],
+    pub spread: f64,
+}
+
+impl Typist {
+    /// A typist whose levels differ from the common base by a personal factor per feature.
+    pub fn new(seed: u64) -> Typist {
+        let mut rng = Rng::new(seed);
+        let mut levels = [0.0; KEYBOARD_LEN];
+        for (i, l) in levels.iter_mut().enumerate() {
+            *l = (40.0 + 4.0 * i as f64) * (0.35 * rng.normal()).exp();
+        }
+        Typist {
+            levels,
+            spread: 0.04,
+        }
+    }
+
+    /// The same typist with every timing `factor` times slower: someone else entirely.
+    pub fn scaled(&self, factor: f64) -> Typist {
+        let mut t = self.clone();
+        for l in &mut t.levels {
+            *l *= factor;
+        }
+        t
+    }
+
+    /// One window's JSON.
+    pub fn window(&self, rng: &mut Rng) -> Vec<u8> {
+        serde_json::to_vec(&self.vector(rng)).unwrap()
+    }
+
+    pub fn vector(&self, rng: &mut Rng) -> FeatureVector {
+        let mut k = [0.0; KEYBOARD_LEN];
+        for (v, l) in k.iter_mut().zip(&self.levels) {
+            *v = l * (self.spread * rng.normal()).exp();
+        }
+        FeatureVector {
+            schema: SCHEMA_V1.to_owned(),
+            duration_ms: 30_000,
+            keys: 150,
+            mouse_events: 0,
+            keyboard: Some(KeyboardFeatures(k)),
+            mouse: None,
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after `secs` seconds.
+pub async fn wait_for<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,510 @@
+//! The scoring stage: stored windows in, score rows, trust levels and alerts out.
+//!
+//! Owns when and in what order windows are scored, the in-memory [`Population`], and when it
+//! is learned again. Runs the production scoring code ([`crate::scoring`]) unchanged: per
+//! window [`UserProfile::observe`] with the device id as the scoring user key (the verifier
+//! enrolls one device id per (device, OS user), so a baseline is per user and device). Hands
+//! on, per scorer pass and in one transaction ([`Store::save_scoring`]): the device's updated
+//! profile, a score row per window, and a trust alert with its webhook outbox rows whenever a
+//! window drove the trust level below the lockout.
+//!
+//! Never scores a refused window as zeros: a window the scoring code rejects (unknown schema,
+//! missing or non-finite feature) gets a score row with its reason and no score, and is
+//! counted in the log at warn. Never logs a feature value or a score at info. Never holds up
+//! ingest: the agent's records are acknowledged once committed, and scoring follows on its
+//! own task, so a scoring failure is logged and the windows stay stored (they are scored on
+//! the device's next batch, or at the next start).
+//!
+//! # When windows are scored
+//!
+//! After ingest commits a batch with new features records it queues the device
+//! ([`Scorer::enqueue`]); one task ([`Scorer::run`]) takes queued devices one at a time and
+//! scores every stored features record of the device that has no score row yet, in sequence
+//! order. At start the same task queues every device with unscored windows, so a crash
+//! between commit and scoring loses nothing. Scoring is one at a time per process (a tokio
+//! mutex around the population), and profiles live in the database, not in memory: an
+//! administrator's `baseline reset` from another process changes the row, the profile's
+//! version moves, and a scorer pass that read the older version is dropped and run again.
+//!
+//! # The population
+//!
+//! Learned ([`Population::learn`]) from each device's first enrollment windows (the first
+//! `keyboard_enroll_windows` stored windows with a keyboard block, the first
+//! `mouse_enroll_windows` with a mouse block), for the modalities the device has a baseline
+//! of. It is learned again, with the next generation number, when a window completes a
+//! baseline and the number of devices with a baseline of some modality has changed since it
+//! was last learned; also at start when the stored one is missing, unreadable or learned on
+//! another feature list. Profiles rebuild their detectors when the generation changes.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
+
+use cadence_wire::{DeviceId, FeatureVector, Kind};
+use tokio::sync::{Notify, watch};
+
+use crate::Error;
+use crate::alerts::{Outbox, stopped};
+use crate::api::now_ms;
+use crate::scoring::{Modality, Observation, Population, ScoringConfig, ScoringError, UserProfile};
+use crate::store::{AlertKind, NewAlert, ScoreRow, ScoringUpdate, Store, StoredPopulation};
+
+/// Windows read and written per scorer pass.
+const PAGE: u32 = 256;
+/// Passes run again after the profile changed underneath before scoring gives up for now.
+const MAX_CONFLICTS: usize = 5;
+
+/// The scoring stage. Cheap to clone: clones share the queue, the population and the lock.
+#[derive(Clone, Debug)]
+pub struct Scorer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    cfg: ScoringConfig,
+    outbox: Outbox,
+    /// Devices with windows waiting to be scored; the worker drains it.
+    queue: std::sync::Mutex<BTreeSet<DeviceId>>,
+    /// Wakes the worker when a device is queued (a wake-up while it is busy is kept).
+    wake: Notify,
+    /// The population and what it was learned from. Held for a whole scorer pass: that is
+    /// what makes scoring one device at a time.
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    population: Arc<Population>,
+    /// Devices with a keyboard / mouse baseline when the population was learned.
+    keyboard_users: u64,
+    mouse_users: u64,
+}
+
+/// What one [`Scorer::score_device`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scored {
+    /// Windows that got a score row (scored, enrolling or rejected).
+    pub windows: usize,
+    /// Of those, windows refused instead of scored.
+    pub rejected: usize,
+    /// Trust alerts raised.
+    pub alerts: usize,
+}
+
+impl Scorer {
+    /// A scorer over `store`, with the stored population loaded (an unreadable one is learned
+    /// again when [`run`](Scorer::run) starts).
+    pub async fn load(store: Store, cfg: ScoringConfig, outbox: Outbox) -> Result<Scorer, Error> {
+        let state = match store.population().await? {
+            None => State {
+                population: Arc::new(Population::default()),
+                keyboard_users: 0,
+                mouse_users: 0,
+            },
+            Some(stored) => match parse_population(&stored) {
+                Ok(population) => State {
+                    population: Arc::new(population),
+                    keyboard_users: stored.keyboard_users,
+                    mouse_users: stored.mouse_users,
+                },
+                Err(why) => {
+                    tracing::warn!(%why, "stored population unusable; it will be learned again");
+                    State {
+                        population: Arc::new(Population {
+                            generation: stored.generation,
+                            ..Population::default()
+                        }),
+                        // Never matches a real count, so the next check learns it again.
+                        keyboard_users: u64::MAX,
+                        mouse_users: u64::MAX,
+                    }
+                }
+            },
+        };
+        Ok(Scorer {
+            inner: Arc::new(Inner {
+                store,
+                cfg,
+                outbox,
+                queue: std::sync::Mutex::new(BTreeSet::new()),
+                wake: Notify::new(),
+                state: tokio::sync::Mutex::new(state),
+            }),
+        })
+    }
+
+    /// Queues `device`: it has new windows to score.
+    pub fn enqueue(&self, device: DeviceId) {
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device);
+        self.inner.wake.notify_one();
+    }
+
+    /// Scores queued devices until `shutdown` turns true (or its sender is dropped). Starts by
+    /// learning the population if it is out of date and queuing every device with windows
+    /// stored but not scored.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        {
+            let mut state = self.inner.state.lock().await;
+            if let Err(e) = self.maybe_relearn(&mut state).await {
+                tracing::error!(error = %e, "cannot learn the population");
+            }
+        }
+        match self.inner.store.devices_with_unscored_windows().await {
+            Ok(devices) => {
+                if !devices.is_empty() {
+                    tracing::info!(devices = devices.len(), "scoring windows stored earlier");
+                }
+                for d in devices {
+                    self.enqueue(d);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot look for unscored windows"),
+        }
+        loop {
+            let batch = std::mem::take(
+                &mut *self
+                    .inner
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.inner.wake.notified() => continue,
+                    () = stopped(&mut shutdown) => break,
+                }
+            }
+            for device in batch {
+                if *shutdown.borrow() {
+                    // The rest stays unscored in the store and is scored at the next start.
+                    return;
+                }
+                if let Err(e) = self.score_device(device).await {
+                    tracing::error!(
+                        %device,
+                        error = %e,
+                        "scoring failed; the windows stay stored and are scored with the next batch or at the next start"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Scores every stored window of `device` that has no score row yet, in sequence order.
+    pub async fn score_device(&self, device: DeviceId) -> Result<Scored, Error> {
+        let mut state = self.inner.state.lock().await;
+        let mut total = Scored::default();
+        loop {
+            let (scored, completed, full_page) = self.pass(&state, device).await?;
+            total.windows += scored.windows;
+            total.rejected += scored.rejected;
+            total.alerts += scored.alerts;
+            if completed && let Err(e) = self.maybe_relearn(&mut state).await {
+                tracing::error!(error = %e, "cannot learn the population");
+            }
+            if !full_page {
+                break;
+            }
+        }
+        if total.rejected > 0 {
+            tracing::warn!(
+                %device,
+                rejected = total.rejected,
+                "windows rejected instead of scored"
+            );
+        }
+        tracing::debug!(%device, windows = total.windows, alerts = total.alerts, "scored");
+        Ok(total)
+    }
+
+    /// One pass over up to [`PAGE`] unscored windows, run again if the profile changed
+    /// underneath. Returns what it did, whether a baseline was completed, and whether the
+    /// page was full (more may wait).
+    async fn pass(&self, state: &State, device: DeviceId) -> Result<(Scored, bool, bool), Error> {
+        let store = &self.inner.store;
+        let cfg = &self.inner.cfg;
+        let key = device.to_string();
+        for _ in 0..MAX_CONFLICTS {
+            let windows = store.unscored_windows(device, PAGE).await?;
+            if windows.is_empty() {
+                return Ok((Scored::default(), false, false));
+            }
+            let (mut profile, version) = match store.profile(device).await? {
+                None => (UserProfile::default(), 0),
+                Some(stored) => match serde_json::from_str::<UserProfile>(&stored.json) {
+                    Ok(p) => (p, stored.version),
+                    Err(e) => {
+                        tracing::warn!(%device, error = %e,
+                            "stored profile unreadable (written by another build?); enrolling afresh");
+                        (UserProfile::default(), stored.version)
+                    }
+                },
+            };
+            drop_stale_baselines(device, &mut profile);
+            let mut scored = Scored::default();
+            let mut completed = false;
+            let mut rows = Vec::with_capacity(windows.len());
+            let mut alerts = Vec::new();
+            for w in &windows {
+                let mut row = ScoreRow {
+                    seq: w.seq,
+                    created_ms: w.created_ms,
+                    received_ms: w.received_ms,
+                    ..ScoreRow::default()
+                };
+                let before = profile.clone();
+                let result = serde_json::from_str::<FeatureVector>(&w.payload)
+                    .map_err(|e| format!("malformed: {e}"))
+                    .and_then(|v| {
+                        profile
+                            .observe(&key, &v, &state.population, cfg)
+                            .map_err(|e| match e {
+                                ScoringError::Rejected(r) => r.to_string(),
+                                other => format!("scoring error: {other}"),
+                            })
+                    });
+                match result {
+                    Ok(obs) => {
+                        completed |= obs.enrolling.iter().any(|(_, left)| *left == 0);
+                        if obs.alert {
+                            alerts.push(trust_alert(w.seq, w.created_ms, &obs, cfg));
+                        }
+                        fill_row(&mut row, &obs);
+                    }
+                    Err(why) => {
+                        // The profile is as before the window: it never counted.
+                        profile = before;
+                        tracing::debug!(%device, seq = w.seq, %why, "window not scored");
+                        row.rejected = Some(why);
+                        scored.rejected += 1;
+                    }
+                }
+                rows.push(row);
+            }
+            scored.windows = rows.len();
+            scored.alerts = alerts.len();
+            let json = serde_json::to_string(&profile)
+                .map_err(|e| Error::Corrupt(format!("profile of {device}: {e}")))?;
+            let update = ScoringUpdate {
+                device,
+                profile: &json,
+                expected_version: version,
+                scores: &rows,
+                alerts: &alerts,
+                webhooks: self.inner.outbox.urls(),
+                now_ms: now_ms(),
+            };
+            match store.save_scoring(&update).await? {
+                Some(ids) => {
+                    for (id, a) in ids.iter().zip(&alerts) {
+                        tracing::warn!(
+                            %device,
+                            alert = id,
+                            seq = a.seq,
+                            "trust alert: the trust level fell below the lockout"
+                        );
+                    }
+                    if !ids.is_empty() {
+                        self.inner.outbox.wake();
+                    }
+                    let full = windows.len() >= PAGE as usize;
+                    return Ok((scored, completed, full));
+                }
+                None => {
+                    tracing::debug!(%device, "profile changed while scoring; scoring again");
+                }
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// Learns the population again if the number of devices with a baseline of either
+    /// modality changed since it was last learned.
+    async fn maybe_relearn(&self, state: &mut State) -> Result<(), Error> {
+        let store = &self.inner.store;
+        let cfg = &self.inner.cfg;
+        let mut enrolled: Vec<(DeviceId, bool, bool)> = Vec::new();
+        for (device, stored) in store.profiles().await? {
+            let Ok(p) = serde_json::from_str::<UserProfile>(&stored.json) else {
+                continue;
+            };
+            let has = |m: Modality| {
+                p.modality(m)
+                    .baseline
+                    .as_ref()
+                    .is_some_and(|b| b.mean.len() == m.dim())
+            };
+            let (k, m) = (has(Modality::Keyboard), has(Modality::Mouse));
+            if k || m {
+                enrolled.push((device, k, m));
+            }
+        }
+        let keyboard_users = enrolled.iter().filter(|e| e.1).count() as u64;
+        let mouse_users = enrolled.iter().filter(|e| e.2).count() as u64;
+        if (keyboard_users, mouse_users) == (state.keyboard_users, state.mouse_users) {
+            return Ok(());
+        }
+        let mut users: Vec<(String, Vec<FeatureVector>)> = Vec::with_capacity(enrolled.len());
+        for (device, k, m) in enrolled {
+            let need_k = if k { cfg.keyboard_enroll_windows } else { 0 };
+            let need_m = if m { cfg.mouse_enroll_windows } else { 0 };
+            let windows = self.first_windows(device, need_k, need_m, k, m).await?;
+            users.push((device.to_string(), windows));
+        }
+        let refs: Vec<(&str, &[FeatureVector])> = users
+            .iter()
+            .map(|(u, w)| (u.as_str(), w.as_slice()))
+            .collect();
+        let generation = state.population.generation.saturating_add(1);
+        let population = Population::learn(&refs, cfg, generation)
+            .map_err(|e| Error::Corrupt(format!("population could not be learned: {e}")))?;
+        let json = serde_json::to_string(&population)
+            .map_err(|e| Error::Corrupt(format!("population: {e}")))?;
+        store
+            .save_population(&StoredPopulation {
+                generation,
+                json,
+                users: users.len() as u64,
+                keyboard_users,
+                mouse_users,
+                learned_ms: now_ms(),
+            })
+            .await?;
+        tracing::info!(
+            generation,
+            keyboard_users,
+            mouse_users,
+            keyboard_model = population.keyboard.is_some(),
+            mouse_model = population.mouse.is_some(),
+            "population learned"
+        );
+        state.population = Arc::new(population);
+        state.keyboard_users = keyboard_users;
+        state.mouse_users = mouse_users;
+        Ok(())
+    }
+
+    /// A device's first stored windows carrying each wanted modality, up to `need_k` keyboard
+    /// and `need_m` mouse windows; modalities not wanted are cut from them.
+    async fn first_windows(
+        &self,
+        device: DeviceId,
+        need_k: usize,
+        need_m: usize,
+        keep_k: bool,
+        keep_m: bool,
+    ) -> Result<Vec<FeatureVector>, Error> {
+        let (mut got_k, mut got_m) = (0, 0);
+        let mut out = Vec::new();
+        let mut after = None;
+        while got_k < need_k || got_m < need_m {
+            let page = self
+                .inner
+                .store
+                .records_page(device, Kind::Features, after, PAGE)
+                .await?;
+            for r in &page {
+                after = Some(r.seq);
+                let Ok(mut v) = serde_json::from_str::<FeatureVector>(&r.payload) else {
+                    continue;
+                };
+                if v.validate().is_err() {
+                    continue;
+                }
+                if !keep_k {
+                    v.keyboard = None;
+                }
+                if !keep_m {
+                    v.mouse = None;
+                }
+                let k = v.keyboard.is_some() && got_k < need_k;
+                let m = v.mouse.is_some() && got_m < need_m;
+                if k || m {
+                    got_k += usize::from(k);
+                    got_m += usize::from(m);
+                    out.push(v);
+                }
+            }
+            if page.len() < PAGE as usize {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Resets a modality whose stored baseline or pending windows have another dimension than
+/// this build's feature list (a verifier upgraded to a new schema): it enrolls again.
+fn drop_stale_baselines(device: DeviceId, profile: &mut UserProfile) {
+    for m in Modality::ALL {
+        let mp = profile.modality(m);
+        let stale = mp
+            .baseline
+            .as_ref()
+            .is_some_and(|b| b.mean.len() != m.dim())
+            || mp.pending.iter().any(|s| s.x.len() != m.dim());
+        if stale {
+            tracing::warn!(%device, modality = %m,
+                "baseline learned on another feature list; enrolling again");
+            profile.reset_baseline(m);
+        }
+    }
+}
+
+/// Fills a score row from what the window did.
+fn fill_row(row: &mut ScoreRow, obs: &Observation) {
+    for (m, s) in &obs.scores {
+        match m {
+            Modality::Keyboard => row.keyboard = Some(*s),
+            Modality::Mouse => row.mouse = Some(*s),
+        }
+    }
+    row.score = obs.score;
+    row.calibrated = obs.calibrated;
+    row.trust = obs.trust.map(|t| t.level);
+    row.alert = obs.alert;
+    if !obs.enrolling.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> = obs
+            .enrolling
+            .iter()
+            .map(|(m, left)| (m.name().to_owned(), serde_json::Value::from(*left)))
+            .collect();
+        row.enrolling = Some(serde_json::Value::Object(map).to_string());
+    }
+}
+
+/// The alert a window that crossed the lockout raises: scores and trust, no feature value.
+fn trust_alert(seq: u64, created_ms: u64, obs: &Observation, cfg: &ScoringConfig) -> NewAlert {
+    let mut evidence = serde_json::Map::new();
+    evidence.insert("detector".into(), "trust".into());
+    evidence.insert("seq".into(), seq.into());
+    if let Some(s) = obs.score {
+        evidence.insert("score".into(), s.into());
+    }
+    for (m, s) in &obs.scores {
+        evidence.insert(m.name().into(), (*s).into());
+    }
+    if let Some(t) = obs.trust {
+        evidence.insert("level".into(), t.level.into());
+        evidence.insert("delta".into(), t.delta.into());
+    }
+    evidence.insert("lockout".into(), cfg.trust.lockout.into());
+    NewAlert {
+        seq: Some(seq),
+        created_ms,
+        kind: AlertKind::Trust,
+        trust: obs.trust.map(|t| t.level),
+        evidence: serde_json::Value::Object(evidence).to_string(),
+    }
+}
+
+fn parse_population(stored: &StoredPopulation) -> Result<Population, String> {
+    let p: Population = serde_json::from_str(&stored.json).map_err(|e| e.to_string())?;
+    p.check().map_err(|e| e.to_string())?;
+    Ok(p)
+}
