@@ -210,24 +210,15 @@ impl Verifier {
 
     /// SIGKILL: no chance to clean up.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            kill_now(c);
         }
     }
 
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            terminate(c, Duration::from_secs(10));
         }
     }
 }
@@ -327,25 +318,15 @@ impl Agent {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            kill_now(c);
         }
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let status = c.try_wait().ok().flatten();
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            let status = terminate(c, Duration::from_secs(15));
             assert!(
                 status.is_some_and(|s| s.success()),
                 "the agent did not shut down cleanly: {status:?}"
@@ -363,6 +344,27 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// SIGKILL and reap.
+fn kill_now(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// SIGTERM, wait up to `limit` for the process to exit by itself, then SIGKILL. Returns how it
+/// exited by itself, if it did.
+fn terminate(mut c: Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let status = c.try_wait().ok().flatten();
+    kill_now(c);
+    status
 }
 
 /// Polls `f` until it returns true or `limit` passes.
