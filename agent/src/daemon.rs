@@ -31,6 +31,9 @@ use crate::spool::{Gap, Spool, SpoolError};
 use crate::state::{self, AgentStatus, ConsentFile, ConsentSent, Enrollment, StateError};
 use crate::uplink::{Backoff, Uplink, UplinkError};
 
+/// Pause before starting capture again after it failed.
+const CAPTURE_RETRY: Duration = Duration::from_secs(30);
+
 /// Where the daemon's input comes from.
 #[derive(Debug, Clone)]
 pub enum SourceSpec {
@@ -298,8 +301,22 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut pipeline: Option<Pipeline> = None;
     let mut heartbeat = tokio::time::interval(shared.cfg.heartbeat);
+    // When capture failed, the next attempt to start it.
+    let mut retry_at = tokio::time::Instant::now();
+    let mut capture_failed = false;
     tokio::pin!(shutdown);
     loop {
+        // A live source whose capture ended by itself (a permanent capture error) is started
+        // again after a pause; until then the state says so.
+        if pipeline.as_ref().is_some_and(|p| p.producer.is_finished())
+            && !shared.source_done.load(Ordering::SeqCst)
+            && let Some(p) = pipeline.take()
+        {
+            stop_pipeline(p, false).await;
+            capture_failed = true;
+            retry_at = tokio::time::Instant::now() + CAPTURE_RETRY;
+            tracing::warn!("capture ended; trying again in {CAPTURE_RETRY:?}");
+        }
         // Consent decides, every time something may have changed it.
         let consent = ConsentFile::load(&dir)?;
         record_consent_change(&shared, consent.as_ref())?;
@@ -313,12 +330,27 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             _ => MonitoringState::WaitingForConsent,
         };
         let changed = lock(&shared.status).state != Some(new_state);
-        if allowed && pipeline.is_none() && !shared.source_done.load(Ordering::SeqCst) {
-            pipeline = Some(start_pipeline(shared.clone())?);
-            tracing::info!(
-                backend = shared.cfg.source.backend_name(),
-                "consent granted: capture started"
-            );
+        if allowed
+            && pipeline.is_none()
+            && !shared.source_done.load(Ordering::SeqCst)
+            && tokio::time::Instant::now() >= retry_at
+        {
+            match start_pipeline(shared.clone()) {
+                Ok(p) => {
+                    pipeline = Some(p);
+                    capture_failed = false;
+                    tracing::info!(
+                        backend = shared.cfg.source.backend_name(),
+                        "consent granted: capture started"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("capture cannot start: {e}; trying again in {CAPTURE_RETRY:?}");
+                    shared.set_status(|s| s.last_error = Some(e.to_string()));
+                    capture_failed = true;
+                    retry_at = tokio::time::Instant::now() + CAPTURE_RETRY;
+                }
+            }
         } else if !allowed && let Some(p) = pipeline.take() {
             stop_pipeline(p, true).await;
             tracing::info!(
@@ -330,15 +362,26 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 "waiting for consent: nothing is captured (`cadence-agent consent grant`)"
             );
         }
+        let retry_pending = allowed && capture_failed && pipeline.is_none();
+        let new_state = if retry_pending {
+            MonitoringState::Error
+        } else {
+            new_state
+        };
+        let changed = changed || lock(&shared.status).state != Some(new_state);
         shared.set_status(|s| s.state = Some(new_state));
         if changed {
-            send_heartbeat(&shared, &uplink).await;
+            tokio::spawn(send_heartbeat(shared.clone(), uplink.clone()));
         }
 
         tokio::select! {
             _ = &mut shutdown => break,
             _ = shared.reload.notified() => {}
-            _ = heartbeat.tick() => send_heartbeat(&shared, &uplink).await,
+            _ = heartbeat.tick() => {
+                // Its own task: a verifier that hangs must not delay a withdrawal or shutdown.
+                tokio::spawn(send_heartbeat(shared.clone(), uplink.clone()));
+            }
+            _ = tokio::time::sleep_until(retry_at), if retry_pending => {}
             _ = tokio::time::sleep(Duration::from_millis(200)), if shared.cfg.exit_when_done => {
                 if shared.source_done.load(Ordering::SeqCst) && lock(&shared.outbox).spool.stats().records_pending == 0 {
                     tracing::info!("source ended and every record is delivered: exiting");
@@ -371,7 +414,7 @@ fn record_consent_change(
 ) -> Result<(), DaemonError> {
     let Some(c) = consent else { return Ok(()) };
     let dir = &shared.cfg.data_dir;
-    if ConsentSent::load(dir)?.at_ms >= c.at_ms {
+    if ConsentSent::load(dir)?.last.as_ref() == Some(c) {
         return Ok(());
     }
     let rec = ConsentRecord {
@@ -382,7 +425,10 @@ fn record_consent_change(
     };
     let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
     let seq = lock(&shared.outbox).put(Kind::Consent, &payload, Instant::now())?;
-    ConsentSent { at_ms: c.at_ms }.save(dir)?;
+    ConsentSent {
+        last: Some(c.clone()),
+    }
+    .save(dir)?;
     shared.set_status(|s| s.spooled += 1);
     shared.spooled.notify_one();
     tracing::info!(seq, decision = ?c.decision, "consent decision recorded for the verifier");
@@ -514,6 +560,9 @@ fn produce(
                 }
             }
             Recv::Timeout => {
+                if discard.load(Ordering::SeqCst) {
+                    continue;
+                }
                 if let Some(v) = w.tick(clock.now_us()) {
                     emit(v);
                 }
@@ -538,6 +587,7 @@ fn produce(
     if !matches!(shared.cfg.source, SourceSpec::X11(_)) {
         shared.source_done.store(true, Ordering::SeqCst);
     }
+    shared.reload.notify_one();
 }
 
 /// Delivers spooled records for as long as the daemon runs.
@@ -583,11 +633,18 @@ async fn deliver_once(shared: &Shared, uplink: &Uplink) -> Result<usize, UplinkE
     let (seqs, bytes): (Vec<u64>, Vec<Vec<u8>>) = batch.into_iter().unzip();
     let resp = uplink.send(&bytes).await?;
     let mut done: Vec<u64> = resp.acked.clone();
+    let mut kept: Option<String> = None;
     for r in &resp.rejected {
-        // Refused for good (a damaged record): keeping it would block every later record.
-        tracing::error!(seq = ?r.seq, reason = %r.reason, "the verifier refused a record; dropping it");
-        if let Some(s) = r.seq {
-            done.push(s);
+        if r.record_at_fault() {
+            // The record itself can never be accepted (damaged, too large): keeping it would
+            // block every later record.
+            tracing::error!(seq = ?r.seq, reason = %r.reason, "the verifier refused a record for good; dropping it");
+            done.extend(r.seq);
+        } else {
+            // Enrollment or keys are at fault (unknown device, other verifier key, reused
+            // sequence number): the record stays until the verifier commits it.
+            tracing::error!(seq = ?r.seq, reason = %r.reason, "the verifier refused a record; keeping it");
+            kept.get_or_insert_with(|| r.reason.clone());
         }
     }
     let now = Instant::now();
@@ -608,14 +665,23 @@ async fn deliver_once(shared: &Shared, uplink: &Uplink) -> Result<usize, UplinkE
         s.sent += sent;
         s.queued = queued;
         s.last_contact_ms = Some(state::now_ms());
-        s.last_error = None;
+        s.last_error = kept
+            .clone()
+            .map(|r| format!("the verifier refuses records: {r}"));
         latency::record(s, &latencies);
     });
     tracing::debug!(sent, queued, ?seqs, "batch delivered");
+    if let Some(reason) = kept {
+        // Retrying at once would loop on the same refusal: back off like any failure.
+        return Err(UplinkError::Refused {
+            status: 200,
+            message: reason,
+        });
+    }
     Ok(seqs.len())
 }
 
-async fn send_heartbeat(shared: &Shared, uplink: &Uplink) {
+async fn send_heartbeat(shared: Arc<Shared>, uplink: Uplink) {
     let (bytes, hb) = {
         let ob = lock(&shared.outbox);
         let hb = Heartbeat {

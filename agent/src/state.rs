@@ -10,7 +10,7 @@
 //! | `device.key` (0600) | `enroll` | the device's Ed25519 private key, PKCS#8 |
 //! | `enrollment.json` | `enroll` | [`Enrollment`]: server URL, device id, verifier key, CA |
 //! | `consent.json` | `consent grant/withdraw` | [`ConsentFile`]: the user's last decision |
-//! | `consent-sent.json` | the daemon | `at_ms` of the last decision sealed into the spool |
+//! | `consent-sent.json` | the daemon | the last decision sealed into the spool |
 //! | `status.json` | the daemon | [`AgentStatus`], refreshed on change |
 //! | `agent.sock` | the daemon | control socket: `reload`, `status` |
 
@@ -256,11 +256,12 @@ computer is you. Cadence measures the timing of key presses and pointer movement
 keys you press or what you type, and sends only statistical summaries to your organization's \
 verifier. You can withdraw at any time with `cadence-agent consent withdraw`.";
 
-/// When the daemon last sealed a consent decision into the spool.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// The consent decision the daemon sealed into the spool last. Compared whole, not by time:
+/// a clock that steps back must not hide a newer decision.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConsentSent {
-    /// `at_ms` of the decision sealed last.
-    pub at_ms: u64,
+    /// The decision sealed last.
+    pub last: Option<ConsentFile>,
 }
 
 impl ConsentSent {

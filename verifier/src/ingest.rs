@@ -75,6 +75,20 @@ impl Reason {
         }
     }
 
+    /// The stable code agents act on ([`Rejected::code`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::Malformed(_) => "malformed",
+            Reason::WrongVersion(_) => "version",
+            Reason::TooLarge(_) => "too_large",
+            Reason::UnknownDevice => "unknown_device",
+            Reason::WrongRecipient => "wrong_recipient",
+            Reason::BadSignature => "bad_signature",
+            Reason::BadPayload(_) => "bad_payload",
+            Reason::SeqReused => "seq_reused",
+        }
+    }
+
     fn from_envelope(e: EnvelopeError) -> Reason {
         match e {
             EnvelopeError::UnsupportedVersion(v) => Reason::WrongVersion(v),
@@ -259,6 +273,7 @@ impl Ingest {
                     answer.response.rejected.push(Rejected {
                         seq,
                         reason: reason.to_string(),
+                        code: reason.code().to_owned(),
                     });
                 }
                 (_, None) => {} // unreachable: an acknowledged envelope had a readable header

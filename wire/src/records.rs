@@ -116,6 +116,22 @@ pub struct Rejected {
     pub seq: Option<u64>,
     /// Why it was refused.
     pub reason: String,
+    /// The reason as a stable code: `malformed`, `version`, `too_large`, `bad_payload` (the
+    /// record itself can never be accepted) or `unknown_device`, `wrong_recipient`,
+    /// `bad_signature`, `seq_reused` (a problem of enrollment or keys, which the agent must not
+    /// answer by deleting the record).
+    #[serde(default)]
+    pub code: String,
+}
+
+impl Rejected {
+    /// Whether the record itself is at fault, so that no verifier will ever accept it.
+    pub fn record_at_fault(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "malformed" | "version" | "too_large" | "bad_payload"
+        )
+    }
 }
 
 /// `POST /v1/ingest` response (status 200).
