@@ -242,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn only_record_faults_let_the_agent_drop_a_record() {
+        let r = |code: &str| Rejected {
+            seq: Some(1),
+            reason: String::new(),
+            code: code.into(),
+        };
+        for code in ["malformed", "version", "too_large", "bad_payload"] {
+            assert!(r(code).record_at_fault(), "{code}");
+        }
+        for code in [
+            "unknown_device",
+            "wrong_recipient",
+            "bad_signature",
+            "seq_reused",
+            "",
+            "new",
+        ] {
+            assert!(!r(code).record_at_fault(), "{code}");
+        }
+        // An answer from a verifier without codes keeps the record.
+        let old: Rejected = serde_json::from_str(r#"{"seq":3,"reason":"x"}"#).unwrap();
+        assert!(!old.record_at_fault());
+    }
+
+    #[test]
     fn consent_json_is_strict() {
         let c = ConsentRecord {
             decision: Decision::Granted,
