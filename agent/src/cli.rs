@@ -271,22 +271,9 @@ fn with_runtime(
 async fn enroll(dir: Option<PathBuf>, a: EnrollArgs) -> Result<ExitCode, String> {
     let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
     let ca_pem = std::fs::read_to_string(&a.ca).map_err(|e| format!("{}: {e}", a.ca.display()))?;
-    let uplink = Uplink::new(&a.server, &ca_pem).map_err(|e| e.to_string())?;
-    let key = DeviceSigningKey::generate().map_err(|e| e.to_string())?;
-    let os_user = state::os_user();
-    let resp = uplink
-        .enroll(&a.token, &key.public_key(), &os_user, &state::hostname())
+    let e = enroll_with(&dir, &a.server, &ca_pem, &a.token, false)
         .await
         .map_err(|e| format!("enrollment failed: {e}"))?;
-    let e = Enrollment {
-        server: a.server.trim_end_matches('/').to_owned(),
-        device_id: resp.device_id,
-        verifier_public_key: resp.verifier_public_key,
-        ca_pem,
-        os_user,
-        enrolled_at_ms: state::now_ms(),
-    };
-    e.save(&dir, &key).map_err(|e| e.to_string())?;
     Out::stdout()
         .live_line(&format!(
             "enrolled: device {} at {} (data directory {})",
@@ -359,6 +346,45 @@ async fn consent(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Registers a fresh device key with the verifier and stores the enrollment. With `retry`, a
+/// verifier that cannot be reached is tried again with backoff (silent enrollment at start).
+async fn enroll_with(
+    dir: &std::path::Path,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    retry: bool,
+) -> Result<Enrollment, String> {
+    let uplink = Uplink::new(server, ca_pem).map_err(|e| e.to_string())?;
+    let key = DeviceSigningKey::generate().map_err(|e| e.to_string())?;
+    let os_user = state::os_user();
+    let mut backoff = crate::uplink::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+    let resp = loop {
+        match uplink
+            .enroll(token, &key.public_key(), &os_user, &state::hostname())
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) if retry && e.is_retryable() => {
+                let wait = backoff.fail(None);
+                tracing::warn!("enrollment: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let e = Enrollment {
+        server: server.trim_end_matches('/').to_owned(),
+        device_id: resp.device_id,
+        verifier_public_key: resp.verifier_public_key,
+        ca_pem: ca_pem.to_owned(),
+        os_user,
+        enrolled_at_ms: state::now_ms(),
+    };
+    e.save(dir, &key).map_err(|e| e.to_string())?;
+    Ok(e)
+}
+
 /// The notice in force: the organization's, or the built-in one.
 fn notice_text(managed: &Managed) -> &str {
     managed.notice.as_deref().unwrap_or(state::DEFAULT_NOTICE)
@@ -377,33 +403,9 @@ async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result
     ) else {
         return Err(state::StateError::NotEnrolled.to_string());
     };
-    let uplink = Uplink::new(server, ca_pem).map_err(|e| e.to_string())?;
-    let key = DeviceSigningKey::generate().map_err(|e| e.to_string())?;
-    let os_user = state::os_user();
-    let mut backoff = crate::uplink::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
-    let resp = loop {
-        match uplink
-            .enroll(token, &key.public_key(), &os_user, &state::hostname())
-            .await
-        {
-            Ok(r) => break r,
-            Err(e) if e.is_retryable() => {
-                let wait = backoff.fail(None);
-                tracing::warn!("silent enrollment: {e}; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(format!("silent enrollment failed: {e}")),
-        }
-    };
-    let e = Enrollment {
-        server: server.clone(),
-        device_id: resp.device_id,
-        verifier_public_key: resp.verifier_public_key,
-        ca_pem: ca_pem.clone(),
-        os_user,
-        enrolled_at_ms: state::now_ms(),
-    };
-    e.save(dir, &key).map_err(|e| e.to_string())?;
+    let e = enroll_with(dir, server, ca_pem, token, true)
+        .await
+        .map_err(|e| format!("silent enrollment failed: {e}"))?;
     tracing::info!(device = %e.device_id, server = %e.server, "enrolled from the managed configuration");
     Ok(())
 }

@@ -234,6 +234,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Seals and spools one record (durable when this returns), counts it and wakes delivery.
+    fn spool(&self, kind: Kind, payload: &[u8], since: Instant) -> Result<u64, DaemonError> {
+        let seq = lock(&self.outbox).put(kind, payload, since)?;
+        self.set_status(|s| s.spooled += 1);
+        self.spooled.notify_one();
+        Ok(seq)
+    }
+
     fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
         let mut s = lock(&self.status);
         f(&mut s);
@@ -424,13 +432,11 @@ fn record_consent_change(
         os_user: c.os_user.clone(),
     };
     let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
-    let seq = lock(&shared.outbox).put(Kind::Consent, &payload, Instant::now())?;
+    let seq = shared.spool(Kind::Consent, &payload, Instant::now())?;
     ConsentSent {
         last: Some(c.clone()),
     }
     .save(dir)?;
-    shared.set_status(|s| s.spooled += 1);
-    shared.spooled.notify_one();
     tracing::info!(seq, decision = ?c.decision, "consent decision recorded for the verifier");
     Ok(())
 }
@@ -515,12 +521,8 @@ fn produce(
         let Ok(payload) = serde_json::to_vec(&a) else {
             return;
         };
-        match lock(&shared.outbox).put(Kind::Alert, &payload, Instant::now()) {
-            Ok(_) => {
-                shared.set_status(|s| s.spooled += 1);
-                shared.spooled.notify_one();
-            }
-            Err(e) => tracing::error!("the injection alert could not be spooled: {e}"),
+        if let Err(e) = shared.spool(Kind::Alert, &payload, Instant::now()) {
+            tracing::error!("the injection alert could not be spooled: {e}");
         }
     };
     let emit = |v: FeatureVector| {
@@ -529,15 +531,10 @@ fn produce(
             Ok(p) => p,
             Err(e) => return tracing::error!("cannot encode a window: {e}"),
         };
-        let res = lock(&shared.outbox).put(Kind::Features, &payload, closed_at);
-        match res {
+        match shared.spool(Kind::Features, &payload, closed_at) {
             Ok(seq) => {
                 tracing::debug!(seq, "window spooled");
-                shared.set_status(|s| {
-                    s.windows_produced += 1;
-                    s.spooled += 1;
-                });
-                shared.spooled.notify_one();
+                shared.set_status(|s| s.windows_produced += 1);
             }
             Err(e) => {
                 tracing::error!("a window could not be spooled: {e}");

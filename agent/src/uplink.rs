@@ -113,35 +113,38 @@ impl Uplink {
             os_user: os_user.to_owned(),
             hostname: hostname.to_owned(),
         };
-        let resp = self
-            .client
-            .post(format!("{}/v1/enroll", self.base))
-            .json(&req)
-            .send()
-            .await
-            .map_err(|e| UplinkError::Unreachable(chain(&e)))?;
-        let resp = check(resp).await?;
-        resp.json()
-            .await
-            .map_err(|e| UplinkError::Protocol(e.to_string()))
+        exchange(
+            self.client
+                .post(format!("{}/v1/enroll", self.base))
+                .json(&req),
+        )
+        .await
     }
 
     /// Sends sealed envelopes as one batch; the answer says which were committed.
     pub async fn send(&self, envelopes: &[Vec<u8>]) -> Result<IngestResponse, UplinkError> {
         let body = encode_batch(envelopes.iter().map(Vec::as_slice));
-        let resp = self
+        let req = self
             .client
             .post(format!("{}/v1/ingest", self.base))
             .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| UplinkError::Unreachable(chain(&e)))?;
-        let resp = check(resp).await?;
-        resp.json()
-            .await
-            .map_err(|e| UplinkError::Protocol(e.to_string()))
+            .body(body);
+        exchange(req).await
     }
+}
+
+/// Sends a request and reads its JSON answer, mapping every failure to an [`UplinkError`].
+async fn exchange<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+) -> Result<T, UplinkError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| UplinkError::Unreachable(chain(&e)))?;
+    let resp = check(resp).await?;
+    resp.json()
+        .await
+        .map_err(|e| UplinkError::Protocol(e.to_string()))
 }
 
 /// The whole error chain in one line: reqwest hides the useful part (refused, TLS) in sources.
