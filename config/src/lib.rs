@@ -7,7 +7,7 @@
 mod managed;
 mod window;
 
-pub use managed::{MAX_NOTICE_CHARS, Managed, default_managed_path};
+pub use managed::{MAX_NOTICE_CHARS, Managed, Policy, default_managed_path};
 pub use window::{RawWindowPolicy, WindowPolicy};
 
 /// One problem with a configuration value.

@@ -14,6 +14,10 @@
 //!
 //! [notice]
 //! text = "Your organization uses Cadence to …"
+//!
+//! [policy]
+//! allow_pause = true
+//! allow_quit = false
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +34,14 @@ pub const MAX_NOTICE_CHARS: usize = 4000;
 struct Raw {
     verifier: Option<RawVerifier>,
     notice: Option<RawNotice>,
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allow_pause: Option<bool>,
+    allow_quit: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +69,27 @@ pub struct Managed {
     pub enroll_token: Option<String>,
     /// The organization's notice text.
     pub notice: Option<String>,
+    /// What the organization lets users do besides withdrawing consent (always allowed).
+    pub policy: Policy,
+}
+
+/// What users may do from the tray, as the organization decides. Withdrawing consent is not a
+/// policy: it is always possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// "Pause for 30 minutes" is offered (default: yes).
+    pub allow_pause: bool,
+    /// "Quit" is offered (default: no; monitoring then ends only by withdrawing consent).
+    pub allow_quit: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            allow_pause: true,
+            allow_quit: false,
+        }
+    }
 }
 
 /// The system location of the managed file on this OS.
@@ -147,6 +180,12 @@ impl Managed {
                 out.notice = Some(n.trim().to_owned());
             }
         }
+        let p = raw.policy.unwrap_or_default();
+        let defaults = Policy::default();
+        out.policy = Policy {
+            allow_pause: p.allow_pause.unwrap_or(defaults.allow_pause),
+            allow_quit: p.allow_quit.unwrap_or(defaults.allow_quit),
+        };
         if problems.is_empty() {
             Ok(out)
         } else {
@@ -184,5 +223,13 @@ mod tests {
         );
         let ok = Managed::parse("[verifier]\nurl = \"https://v:8443/\"\n", Path::new("/")).unwrap();
         assert_eq!(ok.verifier_url.as_deref(), Some("https://v:8443"));
+        assert_eq!(ok.policy, Policy::default());
+        let p = Managed::parse(
+            "[policy]\nallow_pause = false\nallow_quit = true\n",
+            Path::new("/"),
+        );
+        let p = p.unwrap().policy;
+        assert!(!p.allow_pause && p.allow_quit);
+        assert!(Managed::parse("[policy]\nallow_pause = \"no\"\n", Path::new("/")).is_err());
     }
 }
