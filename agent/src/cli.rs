@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cadence_config::{Managed, RawWindowPolicy, WindowPolicy, default_managed_path};
+use cadence_config::{Managed, RawWindowPolicy, WindowPolicy};
 use cadence_wire::FeatureVector;
 use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::capture::replay::Speed;
 use crate::capture::replay::{self, Format};
 use crate::capture::{self, InputSource, MonoClock, Recv, StopFlag};
+use crate::consent::{self, Request, Standing};
 use crate::daemon::{self, PartialWindow, RunConfig, SourceSpec};
 use crate::features::{Windower, window_recording};
 use crate::guard::{Guard, LocalAction};
@@ -26,6 +27,9 @@ use crate::state::{self, AgentStatus, ConsentFile, Enrollment};
 use crate::uplink::Uplink;
 use cadence_wire::DeviceSigningKey;
 use cadence_wire::records::{Decision, MonitoringState};
+
+#[path = "cli_config.rs"]
+mod config_cmd;
 
 /// Cadence agent: verifies the person at the keyboard from typing and pointer *timing* only.
 #[derive(Debug, Parser)]
@@ -38,6 +42,10 @@ struct Cli {
     /// e.g. /etc/cadence/agent.toml).
     #[arg(long, global = true, value_name = "FILE")]
     managed: Option<PathBuf>,
+    /// Your own settings file, for the keys the organization lets users set (default: the
+    /// per-user location, e.g. ~/.config/cadence/agent.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    user_config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +64,12 @@ enum Command {
     Run(RunArgs),
     /// Show the agent's state: consent, capture, windows produced, spooled, sent, errors.
     Status(StatusArgs),
+    /// Show the last records sent to the verifier, exactly as sent (before encryption).
+    Show(ShowArgs),
+    /// Check the configuration, or show the effective one and where each value came from.
+    Config(config_cmd::ConfigArgs),
+    /// Say which capture backend this system would use, why, and what permission is missing.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,13 +91,17 @@ enum ConsentAction {
     Grant,
     /// Stop monitoring now.
     Withdraw,
+    /// Pause monitoring for 30 minutes (where the organization's policy allows it).
+    Pause,
+    /// End a pause now.
+    Resume,
     /// Show the current decision.
     Status,
 }
 
 #[derive(Debug, Args)]
 struct ConsentArgs {
-    /// grant, withdraw or status.
+    /// grant, withdraw, pause, resume or status.
     #[arg(value_enum)]
     action: ConsentAction,
     /// Print JSON (status).
@@ -93,30 +111,40 @@ struct ConsentArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Input: x11[:DISPLAY], replay:FORMAT:PATH (aalto, balabit) or synthetic[:MINUTES].
-    #[arg(long, value_name = "SOURCE", default_value = "x11")]
+    /// Input: auto (the live backend `doctor` names), x11[:DISPLAY], evdev,
+    /// replay:FORMAT:PATH (aalto, balabit) or synthetic[:MINUTES].
+    #[arg(long, value_name = "SOURCE", default_value = "auto")]
     source: String,
+    /// Live capture backend: auto, x11 or evdev (overrides --source).
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "x11", "evdev"], conflicts_with = "source")]
+    capture: Option<String>,
     /// Replay speed: max, real, or a factor of real time (e.g. 20).
     #[arg(long, value_name = "SPEED", default_value = "real")]
     speed: String,
+    /// Settings (each also a configuration key; allowed only where the organization lets
+    /// users set it).
     #[command(flatten)]
-    window: WindowArgs,
-    /// Spool bound in MiB: when full, the oldest records go first and the gap is reported.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    spool_mib: u64,
-    /// Seconds between heartbeats to the verifier.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    heartbeat_secs: u64,
+    settings: config_cmd::SettingArgs,
     /// At shutdown, emit (if above the minima) or discard the partial window.
     #[arg(long, value_name = "POLICY", value_parser = ["emit", "discard"], default_value = "emit")]
     on_shutdown: String,
     /// Exit once the source has ended and every record is delivered (replay, demos, tests).
     #[arg(long)]
     exit_when_done: bool,
-    /// What to do on this device when keystroke injection is detected: none, lock, or
-    /// command:CMD. The verifier is told in every case.
-    #[arg(long, value_name = "ACTION", default_value = "none")]
-    on_injection: String,
+    /// Show no consent dialog and no tray icon, even in a graphical session (decide with
+    /// `cadence-agent consent`, watch with `cadence-agent status`).
+    #[arg(long)]
+    no_ui: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// How many of the most recent records (the agent keeps the last 50).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    last: usize,
+    /// One JSON object per record: seq, kind, sealed_at_ms and the payload as sent.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +188,9 @@ struct PreviewArgs {
     /// X display to capture (default: $DISPLAY).
     #[arg(long, value_name = "DISPLAY")]
     display: Option<String>,
+    /// Live capture backend: auto (the one `doctor` names), x11 or evdev.
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "x11", "evdev"], default_value = "auto")]
+    capture: String,
 }
 
 #[derive(Debug, Args)]
@@ -232,22 +263,42 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let dir = cli.data_dir;
-    let managed = match Managed::load(&cli.managed.unwrap_or_else(default_managed_path)) {
-        Ok(m) => m,
-        Err(e) => {
-            Out::say(&format!(
-                "cadence-agent: the managed configuration is invalid, refusing to start: {e}"
-            ));
-            return ExitCode::from(2);
-        }
+    if let Command::Config(a) = &cli.command {
+        return config_cmd::main(cli.managed.as_deref(), cli.user_config.as_deref(), a);
+    }
+    // Diagnostics must work even when the configuration does not.
+    if let Command::Doctor(a) = &cli.command {
+        return doctor(a);
+    }
+    let no_flags = config_cmd::SettingArgs::default();
+    let flags = match &cli.command {
+        Command::Run(a) => &a.settings,
+        _ => &no_flags,
     };
+    let effective =
+        match config_cmd::resolve(cli.managed.as_deref(), cli.user_config.as_deref(), flags) {
+            Ok(e) => e,
+            Err(msg) => {
+                Out::say(&format!("cadence-agent: refusing to start: {msg}"));
+                return ExitCode::from(config_cmd::EXIT_CONFIG);
+            }
+        };
+    if let Command::Run(_) = &cli.command {
+        config_cmd::log_effective(&effective);
+    }
+    let managed = effective.config;
     let result = match cli.command {
         Command::Preview(a) => preview(a),
         Command::Replay(a) => replay(a),
-        Command::Enroll(a) => with_runtime(enroll(dir, a)),
+        Command::Enroll(a) => with_runtime(enroll(dir, &managed, a)),
         Command::Consent(a) => with_runtime(consent(dir, &managed, a)),
         Command::Run(a) => with_runtime(run(dir, &managed, a)),
         Command::Status(a) => with_runtime(status(dir, a)),
+        Command::Show(a) => show(dir, a),
+        // INVARIANT: handled before the configuration is resolved, above.
+        Command::Config(_) => Ok(ExitCode::SUCCESS),
+        // INVARIANT: handled before the configuration is resolved, above.
+        Command::Doctor(_) => Ok(ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -268,10 +319,15 @@ fn with_runtime(
         .block_on(f)
 }
 
-async fn enroll(dir: Option<PathBuf>, a: EnrollArgs) -> Result<ExitCode, String> {
+async fn enroll(
+    dir: Option<PathBuf>,
+    managed: &Managed,
+    a: EnrollArgs,
+) -> Result<ExitCode, String> {
     let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
     let ca_pem = std::fs::read_to_string(&a.ca).map_err(|e| format!("{}: {e}", a.ca.display()))?;
-    let e = enroll_with(&dir, &a.server, &ca_pem, &a.token, false)
+    let pin = managed.verifier_public_key.as_deref();
+    let e = enroll_with(&dir, &a.server, &ca_pem, &a.token, pin, false)
         .await
         .map_err(|e| format!("enrollment failed: {e}"))?;
     Out::stdout()
@@ -293,44 +349,70 @@ async fn consent(
     let notice = notice_text(managed);
     let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
     let mut out = Out::stdout();
-    let decision = match a.action {
-        ConsentAction::Grant => Decision::Granted,
-        ConsentAction::Withdraw => Decision::Withdrawn,
+    let request = match a.action {
+        ConsentAction::Grant => Request::Grant,
+        ConsentAction::Withdraw => Request::Withdraw,
+        ConsentAction::Pause => Request::Pause,
+        ConsentAction::Resume => Request::Resume,
         ConsentAction::Status => {
             let c = ConsentFile::load(&dir).map_err(|e| e.to_string())?;
-            let notice = state::notice_hash(notice);
-            let text = match (&c, a.json) {
+            let hash = state::notice_hash(notice);
+            let who = c.as_ref().map(|c| c.os_user.clone()).unwrap_or_default();
+            let text = match (consent::evaluate(c.as_ref(), &hash), a.json) {
                 (_, true) => serde_json::to_string(&c).map_err(|e| e.to_string())?,
-                (None, false) => "no decision yet: nothing is captured".to_owned(),
-                (Some(c), false) if c.allows_capture(&notice) => {
-                    format!("granted by {} (monitoring allowed)", c.os_user)
+                (
+                    Standing::Undecided {
+                        notice_changed: false,
+                    },
+                    _,
+                ) => "no decision yet: nothing is captured".to_owned(),
+                (
+                    Standing::Undecided {
+                        notice_changed: true,
+                    },
+                    _,
+                ) => "decided for an earlier notice: a new decision is needed".to_owned(),
+                (Standing::Monitoring, _) => format!("granted by {who} (monitoring allowed)"),
+                (Standing::Paused { until_ms }, _) => {
+                    format!("paused by {who} until {until_ms} ms since 1970: nothing is captured")
                 }
-                (Some(c), false) if c.decision == Decision::Granted => {
-                    "granted for an earlier notice: a new decision is needed".to_owned()
-                }
-                (Some(c), false) => format!("withdrawn by {}: nothing is captured", c.os_user),
+                (Standing::Withdrawn, _) => format!("withdrawn by {who}: nothing is captured"),
             };
             out.live_line(&text).map_err(|e| e.to_string())?;
             return Ok(ExitCode::SUCCESS);
         }
     };
-    if decision == Decision::Granted {
+    if request == Request::Grant {
         out.line("You are agreeing to this notice:")
             .map_err(|e| e.to_string())?;
         out.line(&format!("  {notice}"))
             .map_err(|e| e.to_string())?;
     }
-    let record = ConsentFile {
-        decision,
-        notice_sha256: state::notice_hash(notice),
-        at_ms: state::now_ms(),
-        os_user: state::os_user(),
+    let current = ConsentFile::load(&dir).map_err(|e| e.to_string())?;
+    let decided = consent::decide(
+        current.as_ref(),
+        request,
+        &state::notice_hash(notice),
+        managed.policy,
+        state::now_ms(),
+        &state::os_user(),
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(record) = decided else {
+        let same = match request {
+            Request::Grant => "consent is already granted: nothing to change",
+            _ => "consent is already withdrawn: nothing to change",
+        };
+        out.live_line(same).map_err(|e| e.to_string())?;
+        return Ok(ExitCode::SUCCESS);
     };
     record.save(&dir).map_err(|e| e.to_string())?;
     let told = daemon::control::request(&dir, "reload").await.is_some();
-    let what = match decision {
+    let what = match record.decision {
         Decision::Granted => "consent granted: monitoring of input timing may start",
         Decision::Withdrawn => "consent withdrawn: capture stops now",
+        Decision::Paused => "monitoring paused for 30 minutes: capture stops now",
+        Decision::Resumed => "monitoring resumed",
     };
     let tail = if told {
         ""
@@ -339,7 +421,7 @@ async fn consent(
     };
     out.live_line(&format!("{what}{tail}"))
         .map_err(|e| e.to_string())?;
-    if decision == Decision::Granted && a.json {
+    if a.json {
         out.live_line(&serde_json::to_string(&record).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     }
@@ -348,11 +430,13 @@ async fn consent(
 
 /// Registers a fresh device key with the verifier and stores the enrollment. With `retry`, a
 /// verifier that cannot be reached is tried again with backoff (silent enrollment at start).
+/// With a `pin` (the managed `verifier.public_key`), a verifier with another key is refused.
 async fn enroll_with(
     dir: &std::path::Path,
     server: &str,
     ca_pem: &str,
     token: &str,
+    pin: Option<&str>,
     retry: bool,
 ) -> Result<Enrollment, String> {
     let uplink = Uplink::new(server, ca_pem).map_err(|e| e.to_string())?;
@@ -373,6 +457,7 @@ async fn enroll_with(
             Err(e) => return Err(e.to_string()),
         }
     };
+    config_cmd::check_pin(pin, &resp.verifier_public_key)?;
     let e = Enrollment {
         server: server.trim_end_matches('/').to_owned(),
         device_id: resp.device_id,
@@ -393,8 +478,11 @@ fn notice_text(managed: &Managed) -> &str {
 /// Enrolls silently from the managed configuration when the device is not enrolled yet,
 /// retrying while the verifier cannot be reached.
 async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result<(), String> {
+    let pin = managed.verifier_public_key.as_deref();
     if Enrollment::exists(dir) {
-        return Ok(());
+        let (e, _) = Enrollment::load(dir).map_err(|e| e.to_string())?;
+        return config_cmd::check_pin(pin, &e.verifier_public_key)
+            .map_err(|m| format!("{m}; enroll again to use the pinned verifier"));
     }
     let (Some(server), Some(ca_pem), Some(token)) = (
         &managed.verifier_url,
@@ -403,7 +491,7 @@ async fn enroll_from_managed(dir: &std::path::Path, managed: &Managed) -> Result
     ) else {
         return Err(state::StateError::NotEnrolled.to_string());
     };
-    let e = enroll_with(dir, server, ca_pem, token, true)
+    let e = enroll_with(dir, server, ca_pem, token, pin, true)
         .await
         .map_err(|e| format!("silent enrollment failed: {e}"))?;
     tracing::info!(device = %e.device_id, server = %e.server, "enrolled from the managed configuration");
@@ -417,10 +505,10 @@ async fn run(dir: Option<PathBuf>, managed: &Managed, a: RunArgs) -> Result<Exit
         .ok_or_else(|| format!("--speed: expected max, real or a factor, got {:?}", a.speed))?;
     let cfg = RunConfig {
         data_dir: dir,
-        source: SourceSpec::parse(&a.source, speed)?,
-        policy: policy(&a.window, None, None, false)?,
-        spool_max_bytes: a.spool_mib.max(1) * 1024 * 1024,
-        heartbeat: Duration::from_secs(a.heartbeat_secs.max(1)),
+        source: SourceSpec::parse(a.capture.as_deref().unwrap_or(&a.source), speed)?,
+        policy: managed.window,
+        spool_max_bytes: managed.spool_mib.max(1) * 1024 * 1024,
+        heartbeat: Duration::from_secs(managed.heartbeat_secs.max(1)),
         notice: notice_text(managed).to_owned(),
         on_shutdown: if a.on_shutdown == "discard" {
             PartialWindow::Discard
@@ -428,17 +516,30 @@ async fn run(dir: Option<PathBuf>, managed: &Managed, a: RunArgs) -> Result<Exit
             PartialWindow::Emit
         },
         exit_when_done: a.exit_when_done,
-        on_injection: LocalAction::parse(&a.on_injection).ok_or_else(|| {
+        consent_policy: managed.policy,
+        ui: !a.no_ui,
+        on_injection: LocalAction::parse(&managed.on_injection.to_string()).ok_or_else(|| {
             format!(
-                "--on-injection: expected none, lock or command:CMD, got {:?}",
-                a.on_injection
+                "policy.on_injection: expected none, lock or command:CMD, got {}",
+                managed.on_injection
             )
         })?,
     };
-    daemon::run(cfg, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    match daemon::run(cfg, shutdown_signal()).await {
+        // One agent per user: the systemd unit and the XDG autostart entry (or launchd) may
+        // both start one. The first runs; this one leaves without a failure status, so that no
+        // service manager restarts it.
+        Err(daemon::DaemonError::AlreadyRunning(d)) => {
+            Out::say(&format!(
+                "cadence-agent: another agent already runs for this user (data directory {}); \
+                 this one exits",
+                d.display()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -504,10 +605,13 @@ async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String>
                 if st.running { "running" } else { "not running" }
             ),
             format!(
-                "state:            {}",
+                "state:            {}{}",
                 st.state
                     .map(|s| format!("{s:?}"))
-                    .unwrap_or_else(|| "-".into())
+                    .unwrap_or_else(|| "-".into()),
+                st.paused_until_ms
+                    .map(|t| format!(" (resumes at {t} ms since 1970)"))
+                    .unwrap_or_default()
             ),
             format!(
                 "consent:          {}",
@@ -536,6 +640,35 @@ async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String>
         }
         out.flush().map_err(|e| e.to_string())?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `show`: the transparency file, oldest of the last N first, payloads byte for byte.
+fn show(dir: Option<PathBuf>, a: ShowArgs) -> Result<ExitCode, String> {
+    let dir = state::data_dir(dir.as_deref()).map_err(|e| e.to_string())?;
+    let all = state::Recent::load(&dir).map_err(|e| e.to_string())?;
+    let recent = &all[all.len().saturating_sub(a.last)..];
+    let mut out = Out::stdout();
+    if recent.is_empty() && !a.json {
+        Out::say(&format!(
+            "nothing sent yet (records appear here once the agent seals them; {})",
+            dir.join("recent.jsonl").display()
+        ));
+    }
+    for r in recent {
+        if a.json {
+            out.line(&r.to_line()).map_err(|e| e.to_string())?;
+        } else {
+            out.line(&format!(
+                "#{} {} sealed at {} ms since 1970:",
+                r.seq, r.kind, r.sealed_at_ms
+            ))
+            .map_err(|e| e.to_string())?;
+            out.line(&format!("  {}", r.payload))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    out.flush().map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -664,7 +797,7 @@ fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
 fn preview(a: PreviewArgs) -> Result<ExitCode, String> {
     let policy = policy(&a.window, None, None, false)?;
     let clock = MonoClock::start();
-    let source = live_source(a.display.clone(), clock)?;
+    let source = live_source(&a.capture, a.display.as_deref(), clock)?;
     let stop = StopFlag::new();
     let (rx, capture) = capture::spawn(source, stop.clone(), 65_536);
     let end = a
@@ -726,18 +859,34 @@ fn preview(a: PreviewArgs) -> Result<ExitCode, String> {
     }
 }
 
-/// The live capture backend for this system, checked so that a missing display or extension
-/// is one clear sentence before anything starts.
-fn live_source(display: Option<String>, clock: MonoClock) -> Result<Box<dyn InputSource>, String> {
-    #[cfg(target_os = "linux")]
-    {
-        capture::x11::probe(display.as_deref()).map_err(|e| e.to_string())?;
-        Ok(Box::new(capture::x11::X11Record::new(display, clock)))
+/// The live capture backend for this system, checked so that a missing display, extension or
+/// permission is one clear sentence before anything starts.
+fn live_source(
+    capture: &str,
+    display: Option<&str>,
+    clock: MonoClock,
+) -> Result<Box<dyn InputSource>, String> {
+    let requested = capture::live::Requested::parse(capture)
+        .ok_or_else(|| format!("--capture: expected auto, x11 or evdev, got {capture:?}"))?;
+    capture::live::choose_and_open(requested, display, clock).map_err(|e| e.to_string())
+}
+
+/// `doctor`: the checks are in [`crate::doctor`]; this prints their report.
+fn doctor(a: &crate::doctor::DoctorArgs) -> ExitCode {
+    let report = crate::doctor::diagnose(a);
+    let mut out = Out::stdout();
+    let written = if a.json {
+        out.line(&report.json.to_string())
+    } else {
+        report.lines.iter().try_for_each(|l| out.line(l))
+    };
+    if written.and_then(|()| out.flush()).is_err() {
+        return ExitCode::from(2);
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (display, clock);
-        Err(CaptureError::Unsupported("live").to_string())
+    if report.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

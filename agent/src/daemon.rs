@@ -5,9 +5,15 @@
 //! it counts as produced), and async tasks for delivery, heartbeats, the control socket and
 //! the status file.
 //!
+//! The employee's side runs here too: consent follows [`crate::consent`] (a pause ends by
+//! itself after 30 minutes, and its end is recorded), the consent dialog is offered in a
+//! graphical session whenever no decision about the notice in force exists, the tray icon
+//! follows the status at once and its menu acts through the same state machine, and every
+//! record sealed is also kept, as sent, in the transparency file (`recent.jsonl`).
+//!
 //! Never captures before an explicit grant of the notice in force, stops capture at once on
-//! withdrawal (discarding the partial window), and never deletes a record the verifier has not
-//! acknowledged. Shutdown starts at the head: capture stops, the producer closes or discards
+//! withdrawal or pause (discarding the partial window), and never deletes a record the
+//! verifier has not acknowledged. Shutdown starts at the head: capture stops, the producer closes or discards
 //! its partial window by policy, the spool syncs, one last delivery is tried under a deadline.
 
 use std::collections::HashMap;
@@ -18,17 +24,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cadence_config::WindowPolicy;
+use cadence_config::{Policy, WindowPolicy};
 use cadence_wire::records::{ConsentRecord, GapRecord, Heartbeat, MonitoringState};
 use cadence_wire::{DeviceSigningKey, FeatureVector, Header, Kind, seal};
 use tokio::sync::Notify;
 
 use crate::capture::replay::{self, Format, Recording, ReplaySource, Speed};
-use crate::capture::{self, CaptureError, EventReceiver, InputSource, MonoClock, Recv, StopFlag};
+use crate::capture::{
+    self, CaptureError, EventReceiver, InputSource, MonoClock, Recv, StopFlag, live,
+};
+use crate::consent::{self, Request, Standing};
 use crate::features::Windower;
 use crate::guard::{Guard, GuardAlert, LocalAction};
 use crate::spool::{Gap, Spool, SpoolError};
-use crate::state::{self, AgentStatus, ConsentFile, ConsentSent, Enrollment, StateError};
+use crate::state::{
+    self, AgentStatus, ConsentFile, ConsentSent, Enrollment, Recent, RecentRecord, StateError,
+};
+use crate::ui::dialog::{self, Answer};
+use crate::ui::pages;
+use crate::ui::tray::{self, MenuAction, Tray, TrayView};
 use crate::uplink::{Backoff, Uplink, UplinkError};
 
 /// Pause before starting capture again after it failed.
@@ -39,6 +53,10 @@ const CAPTURE_RETRY: Duration = Duration::from_secs(30);
 pub enum SourceSpec {
     /// Live X11 capture (`None`: `$DISPLAY`).
     X11(Option<String>),
+    /// Live capture from the kernel's input devices (Linux: Wayland, console).
+    Evdev,
+    /// The live backend that suits this system (`capture::live` chooses and says why).
+    Auto,
     /// Recorded files of a dataset format.
     Replay(Format, PathBuf, Speed),
     /// A generated recording of plausible input (demonstrations), `minutes` long.
@@ -48,10 +66,12 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
-    /// Parses `x11[:DISPLAY]`, `replay:FORMAT:PATH` or `synthetic[:MINUTES]`.
+    /// Parses `auto`, `x11[:DISPLAY]`, `evdev`, `replay:FORMAT:PATH` or `synthetic[:MINUTES]`.
     pub fn parse(s: &str, speed: Speed) -> Result<SourceSpec, String> {
         let mut parts = s.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
+            (Some("auto"), None, None) => Ok(SourceSpec::Auto),
+            (Some("evdev"), None, None) => Ok(SourceSpec::Evdev),
             (Some("x11"), None, None) => Ok(SourceSpec::X11(None)),
             (Some("none"), None, None) => Ok(SourceSpec::None),
             (Some("x11"), Some(d), None) => Ok(SourceSpec::X11(Some(format!(":{d}")))),
@@ -67,7 +87,8 @@ impl SourceSpec {
                 Ok(SourceSpec::Synthetic(minutes, speed))
             }
             _ => Err(format!(
-                "unknown source {s:?}: use x11, replay:FORMAT:PATH, synthetic[:MINUTES] or none"
+                "unknown source {s:?}: use auto, x11[:DISPLAY], evdev, replay:FORMAT:PATH, \
+                 synthetic[:MINUTES] or none"
             )),
         }
     }
@@ -75,10 +96,20 @@ impl SourceSpec {
     fn backend_name(&self) -> &'static str {
         match self {
             SourceSpec::X11(_) => "x11-record",
+            SourceSpec::Evdev => "evdev",
+            SourceSpec::Auto => "auto",
             SourceSpec::Replay(..) => "replay",
             SourceSpec::Synthetic(..) => "synthetic",
             SourceSpec::None => "none",
         }
+    }
+
+    /// Whether the source is live input, which never ends by itself (not a recording).
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self,
+            SourceSpec::X11(_) | SourceSpec::Evdev | SourceSpec::Auto
+        )
     }
 }
 
@@ -112,6 +143,10 @@ pub struct RunConfig {
     pub exit_when_done: bool,
     /// Local action when the guard detects keystroke injection.
     pub on_injection: LocalAction,
+    /// What the organization lets the user do from the tray (pause, quit).
+    pub consent_policy: Policy,
+    /// Offer the consent dialog and the tray icon when a graphical session is there.
+    pub ui: bool,
 }
 
 /// Why the daemon stopped with an error.
@@ -153,6 +188,8 @@ struct Outbox {
     enrollment: Enrollment,
     /// When each pending record was spooled, for the delivery latency figure.
     spooled_at: HashMap<u64, Instant>,
+    /// The data directory, for the transparency file.
+    dir: PathBuf,
 }
 
 impl Outbox {
@@ -175,6 +212,7 @@ impl Outbox {
         let appended = self.spool.append(seq, &bytes)?;
         self.next_seq = seq + 1;
         self.spooled_at.insert(seq, since);
+        self.keep_recent(kind, seq, payload);
         if let Some(gap) = appended.evicted {
             tracing::warn!(
                 first = gap.first_seq,
@@ -185,6 +223,20 @@ impl Outbox {
         }
         self.report_gaps()?;
         Ok(seq)
+    }
+
+    /// Keeps a copy of a sealed record's payload, as sent, in the transparency file. A failure
+    /// there is logged and does not stop the record.
+    fn keep_recent(&self, kind: Kind, seq: u64, payload: &[u8]) {
+        let rec = RecentRecord {
+            seq,
+            kind: kind.as_str().to_owned(),
+            sealed_at_ms: state::now_ms(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+        };
+        if let Err(e) = Recent::push(&self.dir, rec) {
+            tracing::warn!("cannot update the transparency file: {e}");
+        }
     }
 
     /// Seals a gap record for every eviction not yet reported.
@@ -208,6 +260,7 @@ impl Outbox {
                 let bytes = self.seal(Kind::Gap, seq, &payload)?;
                 let _ = self.spool.append(seq, &bytes)?;
                 self.next_seq = seq + 1;
+                self.keep_recent(Kind::Gap, seq, &payload);
             }
             self.spool.gaps_reported(&gaps)?;
         }
@@ -226,6 +279,8 @@ struct Shared {
     reload: Notify,
     /// Raised when the input source has ended by itself (a replay finished).
     source_done: AtomicBool,
+    /// The tray icon, when there is one; shown every status change.
+    tray: Mutex<Option<Tray>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,15 +291,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Seals and spools one record (durable when this returns), counts it and wakes delivery.
     fn spool(&self, kind: Kind, payload: &[u8], since: Instant) -> Result<u64, DaemonError> {
-        let seq = lock(&self.outbox).put(kind, payload, since)?;
-        self.set_status(|s| s.spooled += 1);
+        let (seq, queued) = {
+            let mut ob = lock(&self.outbox);
+            let seq = ob.put(kind, payload, since)?;
+            (seq, ob.spool.stats().records_pending as u64)
+        };
+        self.set_status(|s| {
+            s.spooled += 1;
+            s.queued = queued;
+        });
         self.spooled.notify_one();
         Ok(seq)
     }
 
     fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
-        let mut s = lock(&self.status);
-        f(&mut s);
+        let view = {
+            let mut s = lock(&self.status);
+            f(&mut s);
+            self.view(&s)
+        };
+        if let Some(t) = lock(&self.tray).as_ref() {
+            // The tray thread ignores a view equal to the one shown.
+            t.show(view);
+        }
+    }
+
+    fn view(&self, s: &AgentStatus) -> TrayView {
+        TrayView {
+            state: s.state.unwrap_or(MonitoringState::WaitingForConsent),
+            queued: s.queued,
+            offline: s.offline,
+            policy: self.cfg.consent_policy,
+        }
     }
 }
 
@@ -283,6 +361,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         key,
         enrollment: enrollment.clone(),
         spooled_at: HashMap::new(),
+        dir: dir.clone(),
     };
     outbox.report_gaps()?;
     let status = AgentStatus {
@@ -301,7 +380,25 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         spooled: Notify::new(),
         reload: Notify::new(),
         source_done: AtomicBool::new(nothing_to_capture),
+        tray: Mutex::new(None),
     });
+    let (action_tx, mut actions) = tokio::sync::mpsc::unbounded_channel::<MenuAction>();
+    let graphical = shared.cfg.ui && dialog::graphical_session();
+    if graphical {
+        start_tray(&shared, action_tx).await;
+    } else {
+        drop(action_tx);
+    }
+    let notice = state::notice_hash(&shared.cfg.notice);
+    // The notice the dialog was last offered for in this run: "not now" is not asked again
+    // until the notice changes or the user asks from the tray.
+    let mut prompted: Option<String> = None;
+    // The user asked from the tray to see the dialog again ("Review and allow…").
+    let mut asked = false;
+    // The dialog runs on a thread of its own (not the runtime's blocking pool, which shutdown
+    // would wait on while a dialog stays open); its answer comes back here.
+    let consent_dialog = dialog::system_dialog();
+    let mut dialog_task: Option<tokio::sync::oneshot::Receiver<Answer>> = None;
 
     let control_task = tokio::spawn(control::serve(control, shared.clone()));
     let delivery = tokio::spawn(deliver(shared.clone(), uplink.clone()));
@@ -325,19 +422,33 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             retry_at = tokio::time::Instant::now() + CAPTURE_RETRY;
             tracing::warn!("capture ended; trying again in {CAPTURE_RETRY:?}");
         }
-        // Consent decides, every time something may have changed it.
-        let consent = ConsentFile::load(&dir)?;
+        // Consent decides, every time something may have changed it. A pause that ran out is
+        // recorded as a resumption first, so the verifier hears of it.
+        let mut consent = ConsentFile::load(&dir)?;
+        if let Some(resumed) = consent::expire(consent.as_ref(), &notice, state::now_ms()) {
+            resumed.save(&dir)?;
+            tracing::info!("the pause is over: monitoring resumes");
+            consent = Some(resumed);
+        }
+        let standing = consent::evaluate(consent.as_ref(), &notice);
+        let allowed = standing.allows_capture();
+        // Capture stops before the decision is sealed, so no window follows a withdrawal or
+        // a pause in the record sequence.
+        if !allowed && let Some(p) = pipeline.take() {
+            stop_pipeline(p, true).await;
+            tracing::info!(
+                "consent withdrawn, paused or missing: capture stopped, partial window discarded"
+            );
+        }
         record_consent_change(&shared, consent.as_ref())?;
-        let notice = state::notice_hash(&shared.cfg.notice);
-        let allowed = consent.as_ref().is_some_and(|c| c.allows_capture(&notice));
-        let new_state = match (&consent, allowed) {
-            (_, true) => MonitoringState::Monitoring,
-            (Some(c), false) if c.decision == cadence_wire::records::Decision::Withdrawn => {
-                MonitoringState::Withdrawn
-            }
-            _ => MonitoringState::WaitingForConsent,
-        };
+        let new_state = standing.monitoring_state();
         let changed = lock(&shared.status).state != Some(new_state);
+        let offer = (standing.needs_prompt() && prompted.as_ref() != Some(&notice))
+            || std::mem::take(&mut asked);
+        if offer && !allowed && dialog_task.is_none() {
+            prompted = Some(notice.clone());
+            dialog_task = offer_consent(&shared, graphical, standing, &consent_dialog);
+        }
         if allowed
             && pipeline.is_none()
             && !shared.source_done.load(Ordering::SeqCst)
@@ -359,16 +470,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                     retry_at = tokio::time::Instant::now() + CAPTURE_RETRY;
                 }
             }
-        } else if !allowed && let Some(p) = pipeline.take() {
-            stop_pipeline(p, true).await;
-            tracing::info!(
-                "consent withdrawn or missing: capture stopped, partial window discarded"
-            );
         }
         if !allowed && changed {
-            tracing::info!(
-                "waiting for consent: nothing is captured (`cadence-agent consent grant`)"
-            );
+            tracing::info!(state = ?new_state, "nothing is captured");
         }
         let retry_pending = allowed && capture_failed && pipeline.is_none();
         let new_state = if retry_pending {
@@ -377,7 +481,14 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             new_state
         };
         let changed = changed || lock(&shared.status).state != Some(new_state);
-        shared.set_status(|s| s.state = Some(new_state));
+        let paused_until = match standing {
+            Standing::Paused { until_ms } => Some(until_ms),
+            _ => None,
+        };
+        shared.set_status(|s| {
+            s.state = Some(new_state);
+            s.paused_until_ms = paused_until;
+        });
         if changed {
             tokio::spawn(send_heartbeat(shared.clone(), uplink.clone()));
         }
@@ -390,6 +501,27 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 tokio::spawn(send_heartbeat(shared.clone(), uplink.clone()));
             }
             _ = tokio::time::sleep_until(retry_at), if retry_pending => {}
+            // The pause runs out: the loop records the resumption.
+            _ = tokio::time::sleep(Duration::from_millis(
+                paused_until.unwrap_or(0).saturating_sub(state::now_ms()) + 1,
+            )), if paused_until.is_some() => {}
+            answer = async {
+                match dialog_task.as_mut() {
+                    Some(t) => t
+                        .await
+                        .unwrap_or_else(|_| Answer::Unavailable("the dialog ended".into())),
+                    None => std::future::pending().await,
+                }
+            }, if dialog_task.is_some() => {
+                dialog_task = None;
+                consent_answer(&shared, answer);
+            }
+            Some(action) = actions.recv() => {
+                if menu_action(&shared, action, &mut asked) {
+                    tracing::info!("quit from the tray");
+                    break;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)), if shared.cfg.exit_when_done => {
                 if shared.source_done.load(Ordering::SeqCst) && lock(&shared.outbox).spool.stats().records_pending == 0 {
                     tracing::info!("source ended and every record is delivered: exiting");
@@ -399,7 +531,13 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
-    // Shutdown from the head of the pipeline.
+    // Shutdown from the head of the pipeline. The dialog and the tray go first: they must not
+    // ask or show anything for an agent that is leaving.
+    consent_dialog.close();
+    let tray = lock(&shared.tray).take();
+    if let Some(t) = tray {
+        let _ = tokio::task::spawn_blocking(move || drop(t)).await;
+    }
     if let Some(p) = pipeline.take() {
         stop_pipeline(p, shared.cfg.on_shutdown == PartialWindow::Discard).await;
     }
@@ -413,6 +551,159 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     snapshot.save(&dir)?;
     control::unbind(&dir);
     Ok(())
+}
+
+/// Starts the tray icon, or logs once why there is none (the agent works without it).
+async fn start_tray(shared: &Arc<Shared>, actions: tokio::sync::mpsc::UnboundedSender<MenuAction>) {
+    let first = shared.view(&lock(&shared.status));
+    let started = tokio::task::spawn_blocking(move || {
+        tray::spawn(first, move |a| {
+            let _ = actions.send(a);
+        })
+    })
+    .await;
+    match started {
+        Ok(Ok(t)) => {
+            tracing::info!("tray icon shown");
+            *lock(&shared.tray) = Some(t);
+        }
+        Ok(Err(e)) => tracing::warn!(
+            "{e}; going on without a tray icon (`cadence-agent status` shows the state)"
+        ),
+        Err(e) => tracing::warn!("no tray: {e}"),
+    }
+}
+
+/// Offers the consent dialog, or says once in the log how to decide without one.
+fn offer_consent(
+    shared: &Arc<Shared>,
+    graphical: bool,
+    standing: Standing,
+    consent_dialog: &Arc<dyn dialog::ConsentDialog>,
+) -> Option<tokio::sync::oneshot::Receiver<Answer>> {
+    let changed = matches!(
+        standing,
+        Standing::Undecided {
+            notice_changed: true
+        }
+    );
+    if changed {
+        tracing::info!(
+            "your organization's notice changed: nothing is captured until you decide again"
+        );
+    }
+    if !graphical {
+        tracing::info!(
+            "waiting for your decision: nothing is captured. To allow monitoring of input timing \
+             run `cadence-agent consent grant` (to refuse: `cadence-agent consent withdraw`)"
+        );
+        return None;
+    }
+    let text = dialog::dialog_text(&shared.cfg.notice);
+    tracing::info!("asking for consent in a dialog");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let d = consent_dialog.clone();
+    let spawned = thread::Builder::new()
+        .name("cadence-consent-dialog".into())
+        .spawn(move || {
+            let _ = tx.send(d.ask(&text));
+        });
+    match spawned {
+        Ok(_) => Some(rx),
+        Err(e) => {
+            tracing::warn!(
+                "cannot show the consent dialog: {e}; run `cadence-agent consent grant`"
+            );
+            None
+        }
+    }
+}
+
+/// Applies the dialog's answer: only "Allow" grants.
+fn consent_answer(shared: &Shared, answer: Answer) {
+    match answer {
+        Answer::Allow => {
+            tracing::info!("consent granted in the dialog");
+            apply_request(shared, Request::Grant);
+        }
+        Answer::NotNow => tracing::info!(
+            "not now: nothing is captured. Decide later from the tray or with \
+             `cadence-agent consent grant`"
+        ),
+        Answer::Unavailable(why) => tracing::warn!(
+            "{why}. Nothing is captured; to allow monitoring of input timing run \
+             `cadence-agent consent grant` (to refuse: `cadence-agent consent withdraw`)"
+        ),
+    }
+}
+
+/// Records the decision a request makes (through the consent state machine) and wakes the
+/// consent loop, which seals it and starts or stops capture.
+fn apply_request(shared: &Shared, request: Request) {
+    let dir = &shared.cfg.data_dir;
+    let notice = state::notice_hash(&shared.cfg.notice);
+    let result = ConsentFile::load(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|file| {
+            consent::decide(
+                file.as_ref(),
+                request,
+                &notice,
+                shared.cfg.consent_policy,
+                state::now_ms(),
+                &state::os_user(),
+            )
+            .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(Some(decision)) => match decision.save(dir) {
+            Ok(()) => shared.reload.notify_one(),
+            Err(e) => {
+                tracing::error!("cannot record the decision: {e}");
+                shared.set_status(|s| s.last_error = Some(e.to_string()));
+            }
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(?request, "not done: {e}"),
+    }
+}
+
+/// Acts on a tray menu click; true for "Quit".
+fn menu_action(shared: &Arc<Shared>, action: MenuAction, asked: &mut bool) -> bool {
+    match action {
+        MenuAction::Pause => apply_request(shared, Request::Pause),
+        MenuAction::Resume => apply_request(shared, Request::Resume),
+        MenuAction::Withdraw => apply_request(shared, Request::Withdraw),
+        MenuAction::Allow => {
+            // Offered on the loop's next turn, also after a withdrawal.
+            *asked = true;
+            shared.reload.notify_one();
+        }
+        MenuAction::ShowCollected | MenuAction::ShowRecent => {
+            let dir = shared.cfg.data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let page = if action == MenuAction::ShowCollected {
+                    pages::write_page(
+                        &dir,
+                        "privacy.html",
+                        &pages::privacy_html(pages::PRIVACY_MD),
+                    )
+                } else {
+                    pages::recent_html(&dir)
+                        .and_then(|h| pages::write_page(&dir, "recent.html", &h))
+                };
+                match page.map_err(|e| e.to_string()).and_then(|p| {
+                    pages::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+                }) {
+                    Ok(()) => tracing::info!(?action, "page opened"),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            });
+        }
+        MenuAction::Quit if shared.cfg.consent_policy.allow_quit => return true,
+        MenuAction::Quit => tracing::warn!("quitting is not allowed by your organization's policy"),
+    }
+    false
 }
 
 /// Seals the user's latest decision into the spool if it has not been sealed yet.
@@ -430,6 +721,7 @@ fn record_consent_change(
         notice_sha256: c.notice_sha256.clone(),
         at_ms: c.at_ms,
         os_user: c.os_user.clone(),
+        until_ms: c.until_ms,
     };
     let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
     let seq = shared.spool(Kind::Consent, &payload, Instant::now())?;
@@ -443,16 +735,12 @@ fn record_consent_change(
 
 fn make_source(spec: &SourceSpec, clock: MonoClock) -> Result<Box<dyn InputSource>, DaemonError> {
     match spec {
-        #[cfg(target_os = "linux")]
-        SourceSpec::X11(display) => {
-            capture::x11::probe(display.as_deref())?;
-            Ok(Box::new(capture::x11::X11Record::new(
-                display.clone(),
-                clock,
-            )))
-        }
-        #[cfg(not(target_os = "linux"))]
-        SourceSpec::X11(_) => Err(CaptureError::Unsupported("X11").into()),
+        SourceSpec::X11(display) => Ok(capture::live::open(
+            &live::Chosen::X11(display.clone()),
+            clock,
+        )?),
+        SourceSpec::Evdev => Ok(live::choose_and_open(live::Requested::Evdev, None, clock)?),
+        SourceSpec::Auto => Ok(live::choose_and_open(live::Requested::Auto, None, clock)?),
         SourceSpec::Replay(format, path, speed) => {
             let files = replay::expand(*format, std::slice::from_ref(path))
                 .map_err(|e| DaemonError::Replay(e.to_string()))?;
@@ -478,6 +766,10 @@ fn make_source(spec: &SourceSpec, clock: MonoClock) -> Result<Box<dyn InputSourc
 fn start_pipeline(shared: Arc<Shared>) -> Result<Pipeline, DaemonError> {
     let clock = MonoClock::start();
     let source = make_source(&shared.cfg.source, clock)?;
+    // `auto` resolves here: status shows the live backend actually running.
+    if shared.cfg.source.is_live() {
+        shared.set_status(|s| s.backend = Some(source.name().to_owned()));
+    }
     let stop = StopFlag::new();
     let discard = Arc::new(AtomicBool::new(false));
     let (rx, capture_thread) = capture::spawn(source, stop.clone(), 65_536);
@@ -581,7 +873,7 @@ fn produce(
         }
         Err(_) => tracing::error!("the capture thread panicked"),
     }
-    if !matches!(shared.cfg.source, SourceSpec::X11(_)) {
+    if !shared.cfg.source.is_live() {
         shared.source_done.store(true, Ordering::SeqCst);
     }
     shared.reload.notify_one();
@@ -604,7 +896,11 @@ async fn deliver(shared: Arc<Shared>, uplink: Uplink) {
                 };
                 let wait = backoff.fail(retry_after);
                 tracing::warn!("delivery failed: {e}; retrying in {wait:?}");
-                shared.set_status(|s| s.last_error = Some(e.to_string()));
+                let offline = matches!(e, UplinkError::Unreachable(_) | UplinkError::Busy { .. });
+                shared.set_status(|s| {
+                    s.last_error = Some(e.to_string());
+                    s.offline = offline;
+                });
                 tokio::time::sleep(wait).await;
             }
         }
@@ -662,6 +958,7 @@ async fn deliver_once(shared: &Shared, uplink: &Uplink) -> Result<usize, UplinkE
         s.sent += sent;
         s.queued = queued;
         s.last_contact_ms = Some(state::now_ms());
+        s.offline = false;
         s.last_error = kept
             .clone()
             .map(|r| format!("the verifier refuses records: {r}"));

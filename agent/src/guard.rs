@@ -102,7 +102,7 @@ impl Guard {
                 }
                 None
             }
-            EventKind::Gap => {
+            EventKind::Gap | EventKind::SecureInput { .. } => {
                 self.downs.clear();
                 self.holds.clear();
                 None

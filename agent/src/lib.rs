@@ -9,9 +9,12 @@
 
 pub mod capture;
 pub mod cli;
+pub mod consent;
 pub mod daemon;
+pub mod doctor;
 pub mod features;
 pub mod guard;
 pub mod spool;
 pub mod state;
+pub mod ui;
 pub mod uplink;

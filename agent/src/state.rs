@@ -12,7 +12,19 @@
 //! | `consent.json` | `consent grant/withdraw` | [`ConsentFile`]: the user's last decision |
 //! | `consent-sent.json` | the daemon | the last decision sealed into the spool |
 //! | `status.json` | the daemon | [`AgentStatus`], refreshed on change |
+//! | `recent.jsonl` (0600) | the daemon | [`Recent`]: the last records sealed, as sent |
+//! | `privacy.html`, `recent.html` | the tray | pages the tray's menu opens |
 //! | `agent.sock` | the daemon | control socket: `reload`, `status` |
+//!
+//! # `recent.jsonl`
+//!
+//! The transparency file: the last [`Recent::KEEP`] records the daemon sealed for the
+//! verifier, oldest first, one JSON object per line, written as
+//! `{"seq":N,"kind":"features","sealed_at_ms":T,"payload":P}` where `P` is the record's
+//! payload byte for byte as it went into the envelope (JSON text the agent wrote). It holds
+//! exactly what leaves the device and nothing more; it is replaced whole (atomically) on each
+//! record and readable only by the user. Heartbeats are not kept (their two fields are the
+//! state and the queue length, which `status` shows).
 
 use std::fs;
 use std::io::Write;
@@ -223,6 +235,9 @@ pub struct ConsentFile {
     pub at_ms: u64,
     /// Who decided.
     pub os_user: String,
+    /// For a pause: when it ends by itself, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
 }
 
 impl ConsentFile {
@@ -275,6 +290,91 @@ impl ConsentSent {
     }
 }
 
+/// One record as sealed, from the transparency file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentRecord {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its kind (`features`, `consent`, `alert`, `gap`).
+    pub kind: String,
+    /// When it was sealed, ms since the Unix epoch.
+    pub sealed_at_ms: u64,
+    /// The payload exactly as sealed (JSON text).
+    pub payload: String,
+}
+
+impl RecentRecord {
+    fn prefix(seq: u64, kind: &str, sealed_at_ms: u64) -> String {
+        format!(
+            "{{\"seq\":{seq},\"kind\":{},\"sealed_at_ms\":{sealed_at_ms},\"payload\":",
+            serde_json::Value::from(kind)
+        )
+    }
+
+    /// The record as one line of the file (and of `show --json`).
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}{}}}",
+            Self::prefix(self.seq, &self.kind, self.sealed_at_ms),
+            self.payload
+        )
+    }
+
+    /// Reads one line back; `None` for a line that is not exactly what [`to_line`] writes.
+    ///
+    /// [`to_line`]: RecentRecord::to_line
+    pub fn from_line(line: &str) -> Option<RecentRecord> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let seq = v.get("seq")?.as_u64()?;
+        let kind = v.get("kind")?.as_str()?.to_owned();
+        let at = v.get("sealed_at_ms")?.as_u64()?;
+        let prefix = Self::prefix(seq, &kind, at);
+        let payload = line.strip_prefix(&prefix)?.strip_suffix('}')?;
+        serde_json::from_str::<serde::de::IgnoredAny>(payload).ok()?;
+        Some(RecentRecord {
+            seq,
+            kind,
+            sealed_at_ms: at,
+            payload: payload.to_owned(),
+        })
+    }
+}
+
+/// The transparency file `recent.jsonl`: the last records sealed, exactly as sent.
+pub struct Recent;
+
+impl Recent {
+    /// How many records the file keeps.
+    pub const KEEP: usize = 50;
+
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("recent.jsonl")
+    }
+
+    /// The records kept, oldest first. Lines that do not read back are skipped.
+    pub fn load(dir: &Path) -> Result<Vec<RecentRecord>, StateError> {
+        let path = Self::path(dir);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().filter_map(RecentRecord::from_line).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Adds one record, dropping the oldest beyond [`Recent::KEEP`].
+    pub fn push(dir: &Path, rec: RecentRecord) -> Result<(), StateError> {
+        let mut all = Self::load(dir)?;
+        all.push(rec);
+        let cut = all.len().saturating_sub(Self::KEEP);
+        let mut text = String::new();
+        for r in &all[cut..] {
+            text.push_str(&r.to_line());
+            text.push('\n');
+        }
+        write_atomic(&Self::path(dir), text.as_bytes(), true)
+    }
+}
+
 /// What `cadence-agent status` reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -300,6 +400,12 @@ pub struct AgentStatus {
     pub dropped_events: u64,
     /// The last error, in words.
     pub last_error: Option<String>,
+    /// The last delivery attempt failed: the verifier cannot be reached (records wait).
+    #[serde(default)]
+    pub offline: bool,
+    /// While paused: when monitoring resumes by itself, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until_ms: Option<u64>,
     /// Last successful contact with the verifier, ms since the Unix epoch.
     pub last_contact_ms: Option<u64>,
     /// Time from a window's close to the verifier's acknowledgement of its record (sealed,
@@ -355,12 +461,53 @@ mod tests {
     }
 
     #[test]
+    fn recent_keeps_the_last_records_byte_for_byte() {
+        let dir = std::env::temp_dir().join(format!("cadence-recent-{}", std::process::id()));
+        ensure_dir(&dir).unwrap();
+        // Key order and spacing as written, never re-serialized.
+        let payload = |i: u64| format!("{{\"z\":{i},\"a\":[1.50,2e3],\"s\":\"}}\\\"x\"}}");
+        for i in 0..(Recent::KEEP as u64 + 7) {
+            Recent::push(
+                &dir,
+                RecentRecord {
+                    seq: i + 1,
+                    kind: "features".into(),
+                    sealed_at_ms: 1000 + i,
+                    payload: payload(i),
+                },
+            )
+            .unwrap();
+        }
+        let all = Recent::load(&dir).unwrap();
+        assert_eq!(all.len(), Recent::KEEP);
+        assert_eq!(all[0].seq, 8, "the oldest went first");
+        let last = all.last().unwrap();
+        assert_eq!(last.payload, payload(Recent::KEEP as u64 + 6));
+        assert_eq!(
+            RecentRecord::from_line(&last.to_line()).as_ref(),
+            Some(last)
+        );
+        assert!(RecentRecord::from_line("{\"seq\":1}").is_none());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join("recent.jsonl"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn only_a_grant_of_the_current_notice_allows_capture() {
         let c = ConsentFile {
             decision: Decision::Granted,
             notice_sha256: notice_hash("a"),
             at_ms: 1,
             os_user: "u".into(),
+            until_ms: None,
         };
         assert!(c.allows_capture(&notice_hash("a")));
         assert!(

@@ -1,13 +1,28 @@
 //! Cadence's typed configuration.
 //!
-//! Owns the checked configuration values and their defaults. Raw input (flags now, managed and
-//! user files later) is turned into these types once, and every problem is reported at once,
-//! each with the path of the field it concerns. Never panics on bad input.
+//! Owns the configuration schema ([`KEYS`]), the checked values and their defaults
+//! ([`Managed`], [`WindowPolicy`]) and the layering of defaults, the organization's managed
+//! file, the user's own file and command-line flags ([`Layers`]). Raw input is turned into
+//! checked types once, and every problem is reported at once, each with the path of the field
+//! it concerns and the rule it breaks. Never panics on bad input; never lets a user layer set
+//! a key the organization locked.
 
+mod keys;
+mod layers;
 mod managed;
+#[cfg(feature = "plist")]
+mod plist;
 mod window;
 
-pub use managed::{MAX_NOTICE_CHARS, Managed, Policy, default_managed_path};
+pub use keys::{KEYS, Key, Kind, find_key};
+pub use layers::{Effective, Layers, Origin};
+pub use managed::{
+    MAX_NOTICE_CHARS, Managed, OnInjection, Policy, default_managed_path, default_user_path,
+};
+#[cfg(feature = "plist")]
+pub use plist::{MANAGED_PREFERENCES, PREFERENCE_DOMAIN, plist_to_table};
+/// A value for [`Layers::flag`] (TOML's value type, so flags and files are checked alike).
+pub use toml::Value;
 pub use window::{RawWindowPolicy, WindowPolicy};
 
 /// One problem with a configuration value.

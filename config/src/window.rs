@@ -27,7 +27,7 @@ pub struct RawWindowPolicy {
 }
 
 /// Checked window settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowPolicy {
     /// Window length limit in microseconds of event time; `None` closes only by count.
     pub window_us: Option<u64>,

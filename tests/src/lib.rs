@@ -86,6 +86,8 @@ pub fn free_port() -> u16 {
 pub struct Verifier {
     pub child: Option<Child>,
     pub dir: PathBuf,
+    /// The configuration file it was started with (and its commands are run with), if any.
+    pub config: Option<PathBuf>,
     pub url: String,
     pub ca: PathBuf,
     /// The token printed at first start, if this start printed one.
@@ -97,9 +99,17 @@ pub struct Verifier {
 impl Verifier {
     /// Starts a verifier on `dir`, listening on 127.0.0.1:`port`.
     pub fn start(dir: &Path, port: u16) -> Verifier {
-        let mut child = Command::new(bin("cadence-verifier"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
+        Verifier::start_with(dir, port, None)
+    }
+
+    /// Starts a verifier on `dir` with a configuration file (its `--listen` still wins).
+    pub fn start_with(dir: &Path, port: u16, config: Option<&Path>) -> Verifier {
+        let mut command = Command::new(bin("cadence-verifier"));
+        command.args(["serve", "--data-dir"]).arg(dir);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("CADENCE_LOG", "warn")
             .stdin(Stdio::null())
@@ -148,6 +158,7 @@ impl Verifier {
         Verifier {
             child: Some(child),
             dir: dir.to_owned(),
+            config: config.map(Path::to_owned),
             url,
             ca: ca.unwrap_or_else(|| dir.join("ca.pem")),
             first_token: token,
@@ -169,12 +180,12 @@ impl Verifier {
 
     /// Runs a verifier subcommand against this data directory.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let o = Command::new(bin("cadence-verifier"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .output()
-            .unwrap();
+        let mut command = Command::new(bin("cadence-verifier"));
+        command.args(args).arg("--data-dir").arg(&self.dir);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let o = command.output().unwrap();
         assert!(
             o.status.success(),
             "cadence-verifier {args:?}: {}",

@@ -112,6 +112,9 @@ pub enum Command {
         /// Impostor users per genuine user (default 100).
         #[arg(long, value_name = "K")]
         impostors: Option<usize>,
+        /// Leave out users with fewer windows than this (default and floor: enrollment + 1).
+        #[arg(long, value_name = "N")]
+        min_windows: Option<usize>,
         /// Labels file (`filename,is_illegal`): score labelled test sessions instead.
         #[arg(long, value_name = "FILE")]
         labels: Option<PathBuf>,
@@ -198,10 +201,47 @@ pub async fn devices(settings: &Settings, json: bool) -> Result<Vec<String>, Err
     let store = Store::open_existing(&settings.database).await?;
     let devices = store.devices().await;
     store.close().await;
+    let now = now_ms();
     devices?
         .iter()
-        .map(|d| if json { to_json(d) } else { Ok(device_line(d)) })
+        .map(|d| {
+            let status = device_status(d, now, settings.silent_after_secs);
+            if json {
+                to_json(&DeviceJson { device: d, status })
+            } else {
+                Ok(device_line(d, status))
+            }
+        })
         .collect()
+}
+
+/// What `devices` shows a device as: the state it last reported (`monitoring`, `paused`,
+/// `withdrawn`, `waiting`, `error`), or `silent` when nothing arrived from it (no heartbeat,
+/// no record) for `silent_after_secs` of the verifier's clock: its agent stopped, lost its
+/// network, or was tampered with. Computed when asked, from the last envelope's arrival.
+pub fn device_status(d: &DeviceSummary, now_ms: u64, silent_after_secs: u64) -> &'static str {
+    let heard = d.last_seen_ms.unwrap_or(d.enrolled_ms);
+    if now_ms.saturating_sub(heard) > silent_after_secs.saturating_mul(1000) {
+        return "silent";
+    }
+    match d.state.as_deref() {
+        Some("monitoring") => "monitoring",
+        Some("paused") => "paused",
+        Some("withdrawn") => "withdrawn",
+        Some("error") => "error",
+        // Waiting for consent, or nothing reported yet.
+        _ => "waiting",
+    }
+}
+
+/// One device in the JSON form `devices --json` prints: the stored summary and its status.
+#[derive(Debug, Serialize)]
+pub struct DeviceJson<'a> {
+    /// The stored summary (`state` is the last state the agent reported).
+    #[serde(flatten)]
+    pub device: &'a DeviceSummary,
+    /// What the device is shown as now (see [`device_status`]).
+    pub status: &'static str,
 }
 
 /// `windows`: the feature windows stored for `device`, one line each, by sequence number.
@@ -584,6 +624,7 @@ pub fn eval(
     vectors: &Path,
     enroll: Option<usize>,
     impostors: Option<usize>,
+    min_windows: Option<usize>,
     labels: Option<&Path>,
     json: bool,
 ) -> Result<Vec<String>, Error> {
@@ -601,6 +642,7 @@ pub fn eval(
     let opts = EvalOptions {
         enroll,
         impostors: impostors.unwrap_or(defaults.impostors),
+        min_windows,
         config: settings.scoring.clone(),
         ..defaults
     };
@@ -646,14 +688,15 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// One device as text.
-pub fn device_line(d: &DeviceSummary) -> String {
+pub fn device_line(d: &DeviceSummary, status: &str) -> String {
     format!(
-        "{}  user={}  host={}  enrolled={}  last_seen={}  state={}  records={}",
+        "{}  user={}  host={}  enrolled={}  last_seen={}  status={}  last_state={}  records={}",
         d.device_id,
         d.os_user,
         d.hostname,
         utc(d.enrolled_ms),
         d.last_seen_ms.map_or_else(|| "never".to_owned(), utc),
+        status,
         d.state.as_deref().unwrap_or("-"),
         d.records
     )
@@ -736,6 +779,40 @@ pub fn utc(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_is_silent_after_the_configured_time_whatever_it_said_last() {
+        let d = |state: Option<&str>, last_seen_ms: Option<u64>| DeviceSummary {
+            device_id: DeviceId::random().unwrap(),
+            os_user: "u".into(),
+            hostname: "h".into(),
+            enrolled_ms: 1_000,
+            last_seen_ms,
+            state: state.map(str::to_owned),
+            records: 0,
+        };
+        let now = 1_000_000;
+        let recent = Some(now - 299_000);
+        for (state, shown) in [
+            (Some("monitoring"), "monitoring"),
+            (Some("paused"), "paused"),
+            (Some("withdrawn"), "withdrawn"),
+            (Some("waiting_for_consent"), "waiting"),
+            (Some("error"), "error"),
+            (None, "waiting"),
+        ] {
+            assert_eq!(device_status(&d(state, recent), now, 300), shown);
+            assert_eq!(
+                device_status(&d(state, Some(now - 301_000)), now, 300),
+                "silent",
+                "{state:?}"
+            );
+        }
+        // Never heard from since enrollment, long ago.
+        assert_eq!(device_status(&d(None, None), now, 300), "silent");
+        let line = device_line(&d(Some("paused"), recent), "paused");
+        assert!(line.contains("status=paused"), "{line}");
+    }
 
     #[test]
     fn utc_formats_known_instants() {

@@ -12,14 +12,17 @@
 //! | `listen` | string | socket address to serve on, e.g. `"0.0.0.0:443"`; `--listen` overrides it |
 //! | `tls_cert` | path | PEM certificate chain (server certificate first); needs `tls_key` |
 //! | `tls_key` | path | PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert` |
-//! | `database_url` | string | `sqlite://PATH`; PostgreSQL is not supported yet |
+//! | `database_url` | string | `sqlite://PATH`, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (also `postgresql://`) for fleets: see [`PostgresUrl`] |
 //! | `enroll_tokens` | array of strings | tokens accepted besides those made by `token create` |
 //! | `max_body_bytes` | integer | largest ingest body accepted, at most 8 MiB (the default) |
+//! | `admin_tokens` | array of strings | tokens that open the dashboard and its API (`/dashboard`), at least 32 characters each; none: the dashboard is closed |
+//! | `metrics_tokens` | array of strings | tokens that may only read `/metrics` (an admin token may too), at least 32 characters each |
 //! | `[scoring]` | table | [`ScoringConfig`] fields (enrollment windows, method, `[scoring.trust]`, ...); each optional |
 //! | `[[webhooks]]` | array of tables | where alerts are POSTed, each with the fields below |
 //! | `webhooks[].url` | string | `http://` or `https://` URL; each URL once |
 //! | `webhooks[].secret` | string | shared HMAC-SHA256 key for `X-Cadence-Signature`, at least 16 characters |
 //! | `webhooks[].ca_file` | path | PEM CA certificate(s) to trust for this `https` webhook instead of the system's roots |
+//! | `[devices] silent_after_secs` | integer | a device that sent nothing for this long is listed as `silent` (default 300, 5..=604800) |
 //!
 //! Relative paths are relative to the file's directory. Without `tls_cert`/`tls_key`, a
 //! development CA and a server certificate for `127.0.0.1`, `::1` and `localhost` are made in
@@ -46,6 +49,8 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub const MIN_BODY_BYTES: usize = 1024;
 /// Shortest webhook secret accepted: anything shorter can be guessed.
 pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+/// Shortest admin or metrics token accepted: they open every device's data.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// Checked settings of one verifier.
 #[derive(Debug, Clone)]
@@ -62,11 +67,21 @@ pub struct Settings {
     pub extra_tokens: Vec<String>,
     /// Largest ingest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Tokens that open the dashboard and its API. Secret.
+    pub admin_tokens: Vec<SecretToken>,
+    /// Tokens that may read `/metrics` only. Secret.
+    pub metrics_tokens: Vec<SecretToken>,
     /// Scoring parameters, checked.
     pub scoring: ScoringConfig,
     /// Where alerts are delivered.
     pub webhooks: Vec<Webhook>,
+    /// A device that sent nothing (no heartbeat, no record) for this long is listed as
+    /// `silent`: its agent stopped, lost its network, or was tampered with.
+    pub silent_after_secs: u64,
 }
+
+/// Default of `[devices] silent_after_secs`: five heartbeat periods of the agent's default 60 s.
+pub const DEFAULT_SILENT_AFTER_SECS: u64 = 300;
 
 /// One checked webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +138,29 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
+/// An admin or metrics token from the file: never printed (`Debug` says `<redacted>`), wiped
+/// on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(Zeroizing<String>);
+
+impl SecretToken {
+    /// A token from its text.
+    pub fn new(token: impl Into<String>) -> SecretToken {
+        SecretToken(Zeroizing::new(token.into()))
+    }
+
+    /// The token's text, to compare against (in constant time) or derive keys from.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
+}
+
 /// Where the server's certificate and key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -143,6 +181,103 @@ pub enum TlsSource {
 pub enum Database {
     /// A SQLite file (created if missing).
     Sqlite(PathBuf),
+    /// A PostgreSQL database (which must exist; its tables are made on first start). Any
+    /// number of verifier replicas may share one.
+    Postgres(PostgresUrl),
+}
+
+/// A checked PostgreSQL connection URL: `postgres://` or `postgresql://`, a host, a database
+/// name, and only the query parameters this build honours (`sslmode` of `disable`, `allow` or
+/// `prefer`, `application_name`, `options`, `host` for a socket directory, `port`, `user`,
+/// `password`, `dbname`, `statement-cache-capacity`).
+///
+/// This build has no TLS for PostgreSQL: the database is to be reached over loopback, a Unix
+/// socket or a private network, so `sslmode=require`, `verify-ca` and `verify-full` are
+/// refused rather than failing at the first connection. The URL may hold a password: its
+/// `Debug` and [`PostgresUrl::redacted`] show only host, port and database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(Zeroizing<String>);
+
+impl PostgresUrl {
+    /// Checks `url`; the error says what is wrong without quoting a password.
+    pub fn parse(url: &str) -> Result<PostgresUrl, String> {
+        const HONOURED: &[&str] = &[
+            "sslmode",
+            "application_name",
+            "options",
+            "host",
+            "port",
+            "user",
+            "password",
+            "dbname",
+            "statement-cache-capacity",
+        ];
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("a PostgreSQL URL starts with postgres:// or postgresql://".to_owned());
+        }
+        // Never quote the URL in an error: it may carry a password.
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("not a valid PostgreSQL URL ({e})"))?;
+        let socket_dir = parsed
+            .query_pairs()
+            .any(|(k, v)| k == "host" && v.starts_with('/'));
+        if parsed.host_str().is_none_or(str::is_empty) && !socket_dir {
+            return Err(
+                "no host: write postgres://USER@HOST[:PORT]/DATABASE (or ?host=/socket/dir)"
+                    .to_owned(),
+            );
+        }
+        let has_dbname = parsed.query_pairs().any(|(k, _)| k == "dbname");
+        if parsed.path().trim_start_matches('/').is_empty() && !has_dbname {
+            return Err("no database name: write postgres://USER@HOST[:PORT]/DATABASE".to_owned());
+        }
+        if parsed.path().trim_start_matches('/').contains('/') {
+            return Err("the path must be just the database name".to_owned());
+        }
+        for (key, value) in parsed.query_pairs() {
+            if !HONOURED.contains(&key.as_ref()) {
+                return Err(format!(
+                    "unknown query parameter {key:?} (known: {})",
+                    HONOURED.join(", ")
+                ));
+            }
+            if key == "sslmode" && !matches!(value.as_ref(), "disable" | "allow" | "prefer") {
+                return Err(format!(
+                    "sslmode={value}: this verifier has no TLS for PostgreSQL; reach the \
+                     database over loopback, a Unix socket or a private network \
+                     (sslmode disable, allow or prefer)"
+                ));
+            }
+        }
+        // The driver's own parser has the last word (ports, percent-encoding, numbers).
+        <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+            .map_err(|e| format!("not a valid PostgreSQL URL ({e})"))?;
+        Ok(PostgresUrl(Zeroizing::new(url.to_owned())))
+    }
+
+    /// The URL, password included, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `postgres://HOST:PORT/DATABASE`, safe to log and print.
+    pub fn redacted(&self) -> String {
+        match reqwest::Url::parse(&self.0) {
+            Ok(u) => format!(
+                "postgres://{}:{}{}",
+                u.host_str().unwrap_or(""),
+                u.port().unwrap_or(5432),
+                u.path()
+            ),
+            Err(_) => "postgres://<invalid>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({})", self.redacted())
+    }
 }
 
 /// The file as written, before any check.
@@ -155,8 +290,18 @@ struct RawFile {
     database_url: Option<String>,
     enroll_tokens: Option<Vec<String>>,
     max_body_bytes: Option<i64>,
+    admin_tokens: Option<Vec<String>>,
+    metrics_tokens: Option<Vec<String>>,
     scoring: Option<ScoringConfig>,
     webhooks: Option<Vec<RawWebhook>>,
+    devices: Option<RawDevices>,
+}
+
+/// `[devices]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    silent_after_secs: Option<i64>,
 }
 
 /// One `[[webhooks]]` entry as written.
@@ -179,8 +324,11 @@ impl Settings {
             tls: TlsSource::DevCa,
             extra_tokens: Vec::new(),
             max_body_bytes: MAX_BATCH_BYTES,
+            admin_tokens: Vec::new(),
+            metrics_tokens: Vec::new(),
             scoring: ScoringConfig::default(),
             webhooks: Vec::new(),
+            silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
         }
     }
 
@@ -247,12 +395,14 @@ impl Settings {
                     settings.database = Database::Sqlite(resolve(PathBuf::from(path)));
                 }
             } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                problems.push(
-                    "database_url: PostgreSQL is not supported yet; use sqlite://PATH".to_owned(),
-                );
+                match PostgresUrl::parse(&url) {
+                    Ok(pg) => settings.database = Database::Postgres(pg),
+                    Err(why) => problems.push(format!("database_url: {why}")),
+                }
             } else {
                 problems.push(format!(
-                    "database_url: {} is not a supported URL; use sqlite://PATH",
+                    "database_url: {} is not a supported URL; use sqlite://PATH or \
+                     postgres://USER@HOST[:PORT]/DATABASE",
                     redact_url(&url)
                 ));
             }
@@ -270,6 +420,28 @@ impl Settings {
                 }
             }
             settings.extra_tokens = tokens;
+        }
+        for (field, tokens, into) in [
+            ("admin_tokens", raw.admin_tokens, &mut settings.admin_tokens),
+            (
+                "metrics_tokens",
+                raw.metrics_tokens,
+                &mut settings.metrics_tokens,
+            ),
+        ] {
+            for (i, t) in tokens.unwrap_or_default().into_iter().enumerate() {
+                if t.chars().count() < MIN_ADMIN_TOKEN_LEN {
+                    problems.push(format!(
+                        "{field}[{i}]: shorter than {MIN_ADMIN_TOKEN_LEN} characters, too easy to guess"
+                    ));
+                } else if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    problems.push(format!(
+                        "{field}[{i}]: contains whitespace or control characters"
+                    ));
+                } else {
+                    into.push(SecretToken::new(t));
+                }
+            }
         }
         if let Some(n) = raw.max_body_bytes {
             match usize::try_from(n) {
@@ -290,6 +462,15 @@ impl Settings {
                 Err(e) => problems.push(format!("scoring: {e}")),
             }
             settings.scoring = scoring;
+        }
+        if let Some(n) = raw.devices.and_then(|d| d.silent_after_secs) {
+            // At least a few seconds (tests use short heartbeats), at most a week.
+            match u64::try_from(n) {
+                Ok(n) if (5..=7 * 24 * 3600).contains(&n) => settings.silent_after_secs = n,
+                _ => problems.push(format!(
+                    "devices.silent_after_secs: {n} is outside 5..=604800 (seconds)"
+                )),
+            }
         }
         for (i, w) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
             if let Some(hook) = check_webhook(i, w, &resolve, &mut problems) {
@@ -481,7 +662,7 @@ mod tests {
             r#"
             listen = "localhost"
             tls_cert = "c.pem"
-            database_url = "postgres://u:secret@db/cadence"
+            database_url = "postgres://u:secret@db/cadence?sslmode=require"
             enroll_tokens = ["short", "0123456789abcdef 0123"]
             max_body_bytes = 0
             "#,
@@ -489,12 +670,48 @@ mod tests {
         assert_eq!(p.len(), 6, "{p:#?}");
         assert!(p[0].starts_with("listen:"));
         assert!(p[1].starts_with("tls_key:"));
-        assert!(p[2].contains("PostgreSQL is not supported yet"));
+        assert!(p[2].starts_with("database_url: sslmode=require"), "{p:?}");
         assert!(p[3].starts_with("enroll_tokens[0]:"));
         assert!(p[4].starts_with("enroll_tokens[1]:"));
         assert!(p[5].starts_with("max_body_bytes:"));
         let all = p.join("\n");
         assert!(!all.contains("secret"), "{all}");
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_and_checked() {
+        for url in [
+            "postgres://cadence:secret@db.internal:5433/cadence",
+            "postgresql://cadence@127.0.0.1/cadence?sslmode=disable&application_name=v1",
+            "postgres://cadence@localhost/cadence?host=/var/run/postgresql",
+        ] {
+            let s = parse(&format!("database_url = \"{url}\"")).unwrap();
+            match &s.database {
+                Database::Postgres(pg) => {
+                    assert_eq!(pg.expose(), url);
+                    assert!(!format!("{:?}", s.database).contains("secret"));
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // After "postgres://u:secret@".
+        for (rest, says) in [
+            ("/cadence", "host"),
+            ("db", "no database name"),
+            ("db/a/b", "just the database name"),
+            ("db:99999/x", "not a valid PostgreSQL URL"),
+            ("db/x?sslmode=verify-full", "no TLS for PostgreSQL"),
+            ("db/x?sslmode=bogus", "no TLS for PostgreSQL"),
+            ("db/x?ssl=true", "unknown query parameter \"ssl\""),
+            ("db/x?port=abc", "not a valid PostgreSQL URL"),
+        ] {
+            let url = format!("postgres://u:secret@{rest}");
+            let p = problems(&format!("database_url = \"{url}\""));
+            assert_eq!(p.len(), 1, "{url}: {p:?}");
+            assert!(p[0].starts_with("database_url: "), "{url}: {p:?}");
+            assert!(p[0].contains(says), "{url}: {p:?}");
+            assert!(!p[0].contains("secret"), "{url}: {p:?}");
+        }
     }
 
     #[test]
@@ -603,6 +820,42 @@ mod tests {
         let p =
             problems("[[webhooks]]\nurl = \"http://x\"\nsecret = \"0123456789abcdef\"\nsign = 1\n");
         assert!(p[0].contains("sign"), "{p:?}");
+    }
+
+    #[test]
+    fn admin_and_metrics_tokens_are_checked_and_never_printed() {
+        let s = parse(
+            "admin_tokens = [\"0123456789abcdef0123456789abcdef\"]\n\
+             metrics_tokens = [\"fedcba9876543210fedcba9876543210\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.admin_tokens[0].expose(),
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(s.metrics_tokens.len(), 1);
+        assert!(!format!("{s:?}").contains("0123456789abcdef0123456789abcdef"));
+        assert!(
+            parse("").unwrap().admin_tokens.is_empty(),
+            "closed by default"
+        );
+        let p = problems(
+            "admin_tokens = [\"short\", \"0123456789abcdef 0123456789abcdef\"]\n\
+             metrics_tokens = [\"0123456789abcdef0123456789abcde\"]\n",
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].starts_with("admin_tokens[0]: shorter than 32"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("admin_tokens[1]: contains whitespace"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].starts_with("metrics_tokens[0]: shorter than 32"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -111,6 +111,11 @@ fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // PostgreSQL: serialization failure, deadlock (one side is aborted), lock not
+                // available, too many connections, server starting or shutting down.
+                return matches!(pg.code(), "40001" | "40P01" | "55P03" | "53300" | "57P03");
+            }
             // SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes
             // keep the primary code in their low byte.
             db.code()

@@ -34,6 +34,7 @@ use tokio::sync::Semaphore;
 use crate::Error;
 use crate::alerts::Outbox;
 use crate::keys::sha256;
+use crate::metrics::Metrics;
 use crate::scorer::Scorer;
 use crate::store::{Effect, HeartbeatUpdate, NewRecord, Outcome, Store};
 
@@ -187,6 +188,8 @@ pub struct Ingest {
     scorer: Option<Scorer>,
     /// Webhook URLs injection alerts are queued for, and the dispatcher to wake.
     outbox: Outbox,
+    /// Counts envelopes by fate and refused batches, for `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -199,7 +202,14 @@ impl Ingest {
             crypto: Arc::new(Semaphore::new(cores)),
             scorer: None,
             outbox: Outbox::default(),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// The same stage, counting into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Ingest {
+        self.metrics = metrics;
+        self
     }
 
     /// The same stage, queuing devices with new windows for `scorer` and injection alerts for
@@ -212,12 +222,16 @@ impl Ingest {
 
     /// Checks, opens and stores one batch body; commits before it returns.
     pub async fn batch(&self, body: Bytes, now_ms: u64) -> Result<Answer, Refusal> {
-        let frames = decode_batch(&body).map_err(|e| match e {
-            // A length beyond the body itself is garbage (or a cut-off upload), not a real
-            // envelope over the limit.
-            BatchError::FrameTooLarge(n) if n > body.len() => Refusal::Garbled(e),
-            e => Refusal::Batch(e),
+        let frames = decode_batch(&body).map_err(|e| {
+            self.metrics.batch_refused("bad_batch");
+            match e {
+                // A length beyond the body itself is garbage (or a cut-off upload), not a
+                // real envelope over the limit.
+                BatchError::FrameTooLarge(n) if n > body.len() => Refusal::Garbled(e),
+                e => Refusal::Batch(e),
+            }
         })?;
+        self.metrics.received(frames.len());
         let headers: Vec<Result<Header, Reason>> = frames
             .iter()
             .map(|f| peek_header(f).map_err(Reason::from_envelope))
@@ -225,7 +239,10 @@ impl Ingest {
         let mut device: Option<DeviceId> = None;
         for h in headers.iter().flatten() {
             match device {
-                Some(d) if d != h.device => return Err(Refusal::MixedDevices),
+                Some(d) if d != h.device => {
+                    self.metrics.batch_refused("mixed_devices");
+                    return Err(Refusal::MixedDevices);
+                }
                 _ => device = Some(h.device),
             }
         }
@@ -255,6 +272,12 @@ impl Ingest {
             // Every envelope got a fate above; should one not have, it is refused, never
             // acknowledged.
             let fate = fate.unwrap_or(Fate::Refused(Reason::Malformed("not processed".into())));
+            match &fate {
+                Fate::Stored => self.metrics.stored(),
+                Fate::Duplicate => self.metrics.duplicate(),
+                Fate::Heartbeat => self.metrics.heartbeat(),
+                Fate::Refused(reason) => self.metrics.rejected(reason.code()),
+            }
             match (fate, seq) {
                 (Fate::Stored | Fate::Heartbeat, Some(seq)) => answer.response.acked.push(seq),
                 (Fate::Duplicate, Some(seq)) => {
@@ -376,7 +399,10 @@ impl Ingest {
             for ((i, outcome), r) in record_index.into_iter().zip(outcomes).zip(&records) {
                 if outcome == Outcome::Stored {
                     windows |= r.kind == Kind::Features;
-                    alerts |= matches!(r.effect, Effect::Alert { .. });
+                    if matches!(r.effect, Effect::Alert { .. }) {
+                        alerts = true;
+                        self.metrics.alert(crate::store::AlertKind::Injection);
+                    }
                 }
                 fates[i] = Some(match outcome {
                     Outcome::Stored => Fate::Stored,

@@ -20,6 +20,8 @@
 //! Layout, in the order a request travels: [`server`] (TLS accept loop, shutdown) →
 //! [`api`] (routes, limits, status codes) → [`ingest`] (checks, dedupe) → [`store`] (SQLite)
 //! → [`scorer`] (baselines, trust, trust alerts) → [`alerts`] (webhook delivery).
+//! Beside them, [`dashboard`] serves the analysts' pages, their read-only JSON API behind an
+//! admin token, `/readyz` and `/metrics` ([`metrics`]).
 //! [`config`] turns flags and the optional TOML file into checked [`Settings`]; [`keys`] and
 //! [`tls`] own the secrets in the data directory.
 
@@ -27,9 +29,11 @@ pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 mod error;
 pub mod ingest;
 pub mod keys;
+pub mod metrics;
 pub mod scorer;
 pub mod scoring;
 pub mod server;

@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             vectors,
             enroll,
             impostors,
+            min_windows,
             labels,
             json,
         } => {
@@ -100,6 +101,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     &vectors,
                     enroll,
                     impostors,
+                    min_windows,
                     labels.as_deref(),
                     json,
                 )

@@ -21,10 +21,17 @@
 //! ([`Scorer::enqueue`]); one task ([`Scorer::run`]) takes queued devices one at a time and
 //! scores every stored features record of the device that has no score row yet, in sequence
 //! order. At start the same task queues every device with unscored windows, so a crash
-//! between commit and scoring loses nothing. Scoring is one at a time per process (a tokio
-//! mutex around the population), and profiles live in the database, not in memory: an
-//! administrator's `baseline reset` from another process changes the row, the profile's
-//! version moves, and a scorer pass that read the older version is dropped and run again.
+//! between commit and scoring loses nothing; it looks again whenever it has been idle for
+//! 30 s, which is how replicas sharing one PostgreSQL database score what a dead replica
+//! committed but did not score (and learn a population it did not live to learn). Before
+//! each device, a replica loads a population generation another replica stored, and a
+//! generation learned by two replicas at once is stored once (the later writer loads the
+//! stored one instead), so all replicas score with the same population.
+//!
+//! Scoring is one at a time per process (a tokio mutex around the population), and profiles
+//! live in the database, not in memory: an administrator's `baseline reset` from another
+//! process, or another replica's scorer, changes the row, the profile's version moves, and a
+//! scorer pass that read the older version is dropped and run again.
 //!
 //! # The population
 //!
@@ -45,11 +52,15 @@ use tokio::sync::{Notify, watch};
 use crate::Error;
 use crate::alerts::{Outbox, stopped};
 use crate::api::now_ms;
+use crate::metrics::Metrics;
 use crate::scoring::{Modality, Observation, Population, ScoringConfig, ScoringError, UserProfile};
 use crate::store::{AlertKind, NewAlert, ScoreRow, ScoringUpdate, Store, StoredPopulation};
 
 /// Windows read and written per scorer pass.
 const PAGE: u32 = 256;
+/// How long the scorer stays idle before it looks for windows stored but not scored (by a
+/// replica that died between commit and scoring).
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 /// Passes run again after the profile changed underneath before scoring gives up for now.
 const MAX_CONFLICTS: usize = 5;
 
@@ -64,6 +75,8 @@ struct Inner {
     store: Store,
     cfg: ScoringConfig,
     outbox: Outbox,
+    /// Counts trust alerts and scoring latency, for `/metrics`.
+    metrics: Arc<Metrics>,
     /// Devices with windows waiting to be scored; the worker drains it.
     queue: std::sync::Mutex<BTreeSet<DeviceId>>,
     /// Wakes the worker when a device is queued (a wake-up while it is busy is kept).
@@ -96,6 +109,16 @@ impl Scorer {
     /// A scorer over `store`, with the stored population loaded (an unreadable one is learned
     /// again when [`run`](Scorer::run) starts).
     pub async fn load(store: Store, cfg: ScoringConfig, outbox: Outbox) -> Result<Scorer, Error> {
+        Scorer::load_with_metrics(store, cfg, outbox, Arc::new(Metrics::default())).await
+    }
+
+    /// As [`load`](Scorer::load), counting trust alerts and scoring latency into `metrics`.
+    pub async fn load_with_metrics(
+        store: Store,
+        cfg: ScoringConfig,
+        outbox: Outbox,
+        metrics: Arc<Metrics>,
+    ) -> Result<Scorer, Error> {
         let state = match store.population().await? {
             None => State {
                 population: Arc::new(Population::default()),
@@ -127,6 +150,7 @@ impl Scorer {
                 store,
                 cfg,
                 outbox,
+                metrics,
                 queue: std::sync::Mutex::new(BTreeSet::new()),
                 wake: Notify::new(),
                 state: tokio::sync::Mutex::new(state),
@@ -154,17 +178,7 @@ impl Scorer {
                 tracing::error!(error = %e, "cannot learn the population");
             }
         }
-        match self.inner.store.devices_with_unscored_windows().await {
-            Ok(devices) => {
-                if !devices.is_empty() {
-                    tracing::info!(devices = devices.len(), "scoring windows stored earlier");
-                }
-                for d in devices {
-                    self.enqueue(d);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot look for unscored windows"),
-        }
+        self.queue_unscored().await;
         loop {
             let batch = std::mem::take(
                 &mut *self
@@ -176,6 +190,12 @@ impl Scorer {
             if batch.is_empty() {
                 tokio::select! {
                     () = self.inner.wake.notified() => continue,
+                    // Replicas over one database: windows another replica committed but did
+                    // not live to score are found here once this one is idle.
+                    () = tokio::time::sleep(SWEEP) => {
+                        self.sweep().await;
+                        continue;
+                    }
                     () = stopped(&mut shutdown) => break,
                 }
             }
@@ -195,9 +215,37 @@ impl Scorer {
         }
     }
 
+    /// What an idle scorer does now and then for replicas over one database: takes up
+    /// windows another replica stored but did not score, and learns the population again if
+    /// another replica completed baselines and died before learning it.
+    async fn sweep(&self) {
+        self.queue_unscored().await;
+        let mut state = self.inner.state.lock().await;
+        let refreshed = self.refresh_population(&mut state).await;
+        if let Err(e) = refreshed.and(self.maybe_relearn(&mut state).await) {
+            tracing::error!(error = %e, "cannot learn the population");
+        }
+    }
+
+    /// Queues every device with windows stored but not scored.
+    async fn queue_unscored(&self) {
+        match self.inner.store.devices_with_unscored_windows().await {
+            Ok(devices) => {
+                if !devices.is_empty() {
+                    tracing::info!(devices = devices.len(), "scoring windows stored earlier");
+                }
+                for d in devices {
+                    self.enqueue(d);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot look for unscored windows"),
+        }
+    }
+
     /// Scores every stored window of `device` that has no score row yet, in sequence order.
     pub async fn score_device(&self, device: DeviceId) -> Result<Scored, Error> {
         let mut state = self.inner.state.lock().await;
+        self.refresh_population(&mut state).await?;
         let mut total = Scored::default();
         loop {
             let (scored, completed, full_page) = self.pass(&state, device).await?;
@@ -301,6 +349,13 @@ impl Scorer {
             };
             match store.save_scoring(&update).await? {
                 Some(ids) => {
+                    let metrics = &self.inner.metrics;
+                    for row in &rows {
+                        metrics.scoring_latency_ms(update.now_ms.saturating_sub(row.received_ms));
+                    }
+                    for _ in &ids {
+                        metrics.alert(AlertKind::Trust);
+                    }
                     for (id, a) in ids.iter().zip(&alerts) {
                         tracing::warn!(
                             %device,
@@ -321,6 +376,35 @@ impl Scorer {
             }
         }
         Err(Error::Busy)
+    }
+
+    /// Loads the stored population when another replica over the same database stored a
+    /// later generation than this one holds (one small query when it did not).
+    async fn refresh_population(&self, state: &mut State) -> Result<(), Error> {
+        let store = &self.inner.store;
+        let newer = store
+            .population_generation()
+            .await?
+            .is_some_and(|g| g > state.population.generation);
+        if !newer {
+            return Ok(());
+        }
+        let Some(stored) = store.population().await? else {
+            return Ok(());
+        };
+        match parse_population(&stored) {
+            Ok(population) => {
+                tracing::info!(
+                    generation = stored.generation,
+                    "population learned by another replica loaded"
+                );
+                state.population = Arc::new(population);
+                state.keyboard_users = stored.keyboard_users;
+                state.mouse_users = stored.mouse_users;
+            }
+            Err(why) => tracing::warn!(%why, "stored population unusable; keeping this one"),
+        }
+        Ok(())
     }
 
     /// Learns the population again if the number of devices with a baseline of either
@@ -365,7 +449,7 @@ impl Scorer {
             .map_err(|e| Error::Corrupt(format!("population could not be learned: {e}")))?;
         let json = serde_json::to_string(&population)
             .map_err(|e| Error::Corrupt(format!("population: {e}")))?;
-        store
+        let written = store
             .save_population(&StoredPopulation {
                 generation,
                 json,
@@ -375,6 +459,12 @@ impl Scorer {
                 learned_ms: now_ms(),
             })
             .await?;
+        if !written {
+            // Another replica over the same database learned this generation (or a later
+            // one) first: use the stored one, so every replica scores with the same.
+            self.refresh_population(state).await?;
+            return Ok(());
+        }
         tracing::info!(
             generation,
             keyboard_users,

@@ -3,11 +3,13 @@
 //! Owns the order of start-up (data directory, HPKE key, TLS, database, first token, webhook
 //! clients, stored population, listening socket), the connections, and the two background
 //! tasks: the [`Scorer`] (which first scores whatever was stored but not scored before this
-//! start) and the webhook [`Dispatcher`]. Hands each request to the [`api`] router. Never
-//! starts serving before the database is open and migrated, and on shutdown stops accepting,
-//! lets open requests finish (each commits before it answers) for up to [`SHUTDOWN_DEADLINE`],
-//! then stops the background tasks (a scorer pass in progress finishes; an unfinished
-//! delivery attempt is made again next start) and closes the database.
+//! start) and the webhook [`Dispatcher`]. Hands each request to the [`api`] router, merged
+//! with the [`dashboard`]'s (pages, admin API, `/metrics`, `/readyz`); ingest, the scorer and
+//! `/metrics` share one [`Metrics`]. Never starts serving before the database is open and
+//! migrated, and on shutdown stops accepting, lets open requests finish (each commits before
+//! it answers) for up to [`SHUTDOWN_DEADLINE`], then stops the background tasks (a scorer
+//! pass in progress finishes; an unfinished delivery attempt is made again next start) and
+//! closes the database.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,8 +30,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::alerts::Dispatcher;
 use crate::api::{self, AppState, now_ms};
 use crate::config::{Settings, TlsSource};
+use crate::dashboard::{self, DashboardState, auth::AdminAuth};
 use crate::ingest::Ingest;
 use crate::keys::{self, Token};
+use crate::metrics::Metrics;
 use crate::scorer::Scorer;
 use crate::store::Store;
 use crate::{Error, tls};
@@ -97,6 +101,9 @@ impl Verifier {
         let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key)?);
 
         let store = Store::open(&settings.database).await?;
+        store
+            .check_verifier_key(&hpke.public_key(), now_ms())
+            .await?;
         let first_token = if settings.extra_tokens.is_empty() && store.token_count().await? == 0 {
             let token = Token::generate()?;
             store.add_token(&token.hash(), now_ms()).await?;
@@ -106,7 +113,20 @@ impl Verifier {
         };
 
         let (dispatcher, outbox) = Dispatcher::new(store.clone(), &settings.webhooks)?;
-        let scorer = Scorer::load(store.clone(), settings.scoring.clone(), outbox.clone()).await?;
+        let metrics = Arc::new(Metrics::default());
+        let scorer = Scorer::load_with_metrics(
+            store.clone(),
+            settings.scoring.clone(),
+            outbox.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let dashboard = Arc::new(DashboardState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            auth: AdminAuth::new(&settings.admin_tokens, &settings.metrics_tokens)?,
+            lockout: settings.scoring.trust.lockout,
+        });
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -121,7 +141,9 @@ impl Verifier {
 
         let public_key = hpke.public_key();
         let state = Arc::new(AppState {
-            ingest: Ingest::new(store.clone(), Arc::new(hpke)).with_scoring(scorer.clone(), outbox),
+            ingest: Ingest::new(store.clone(), Arc::new(hpke))
+                .with_scoring(scorer.clone(), outbox)
+                .with_metrics(metrics),
             store: store.clone(),
             public_key,
             extra_token_hashes: settings
@@ -134,7 +156,7 @@ impl Verifier {
         Ok(Verifier {
             listener,
             acceptor,
-            router: api::router(state),
+            router: api::router(state).merge(dashboard::router(dashboard)),
             store,
             scorer,
             dispatcher,

@@ -1,10 +1,11 @@
 //! The HTTP API against a real verifier on 127.0.0.1:0, in process.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
 
 use cadence_wire::records::{ErrorBody, IngestResponse};
 use cadence_wire::{DeviceId, DeviceSigningKey, Header, Kind, VerifierKeyPair, seal};
+use common::db::TestDb;
 use common::{Device, TestServer, batch, features_json, post};
 
 fn error_of(body: &str) -> String {
@@ -80,8 +81,15 @@ async fn health_and_enrollment() {
 
 #[tokio::test]
 async fn ingest_stores_once_and_acknowledges_resends() {
+    for db in TestDb::all("ingest_stores_once_and_acknowledges_resends").await {
+        eprintln!("backend: {}", db.label());
+        ingest_stores_once_and_acknowledges_resends_on(&db).await;
+    }
+}
+
+async fn ingest_stores_once_and_acknowledges_resends_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), db).await;
     let client = server.client();
     let device = Device::enroll(&server, &client, server.token.as_deref().unwrap()).await;
 
@@ -149,8 +157,15 @@ async fn ingest_stores_once_and_acknowledges_resends() {
 
 #[tokio::test]
 async fn heartbeats_update_state_and_are_not_stored() {
+    for db in TestDb::all("heartbeats_update_state_and_are_not_stored").await {
+        eprintln!("backend: {}", db.label());
+        heartbeats_update_state_and_are_not_stored_on(&db).await;
+    }
+}
+
+async fn heartbeats_update_state_and_are_not_stored_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), db).await;
     let client = server.client();
     let device = Device::enroll(&server, &client, server.token.as_deref().unwrap()).await;
     let hb = |seq: u64, created_ms: u64, state: &str| {
@@ -184,9 +199,20 @@ async fn heartbeats_update_state_and_are_not_stored() {
 
 #[tokio::test]
 async fn every_bad_input_is_refused_and_the_server_keeps_serving() {
+    for db in TestDb::all("every_bad_input_is_refused_and_the_server_keeps_serving").await {
+        eprintln!("backend: {}", db.label());
+        every_bad_input_is_refused_and_the_server_keeps_serving_on(&db).await;
+    }
+}
+
+async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
     // A small body limit, so the oversized case costs little.
-    let server = TestServer::start_with(dir.path(), |s| s.max_body_bytes = 64 * 1024).await;
+    let server = TestServer::start_with(dir.path(), |s| {
+        db.apply(s);
+        s.max_body_bytes = 64 * 1024;
+    })
+    .await;
     let client = server.client();
     let token = server.token.clone().unwrap();
     let device = Device::enroll(&server, &client, &token).await;
@@ -302,8 +328,15 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn restart_keeps_key_devices_and_records() {
+    for db in TestDb::all("restart_keeps_key_devices_and_records").await {
+        eprintln!("backend: {}", db.label());
+        restart_keeps_key_devices_and_records_on(&db).await;
+    }
+}
+
+async fn restart_keeps_key_devices_and_records_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), db).await;
     let public_key = server.public_key;
     let ca = server.ca_pem.clone();
     let client = server.client();
@@ -313,7 +346,7 @@ async fn restart_keeps_key_devices_and_records() {
     assert_eq!(status, 200);
     server.stop().await;
 
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), db).await;
     assert_eq!(server.public_key, public_key, "HPKE key kept");
     assert_eq!(server.ca_pem, ca, "CA kept");
     assert!(server.token.is_none(), "no new token on restart");

@@ -213,7 +213,7 @@ fn bad_config_lists_every_problem_and_fails() {
     let config = dir.path().join("verifier.toml");
     std::fs::write(
         &config,
-        "listen = \"nowhere\"\ndatabase_url = \"postgres://db/cadence\"\n",
+        "listen = \"nowhere\"\ndatabase_url = \"postgres://db\"\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -227,7 +227,7 @@ fn bad_config_lists_every_problem_and_fails() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("listen:"), "{err}");
-    assert!(err.contains("PostgreSQL is not supported yet"), "{err}");
+    assert!(err.contains("database_url: no database name"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Scoring, trust, alerts and webhooks against an in-process verifier on 127.0.0.1:0, and the
 //! operator's commands (`alerts`, `timeline`, `baseline reset`, `eval`) as the binary runs
 //! them, beside the running server.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
 
@@ -21,6 +21,7 @@ use cadence_verifier::store::{
     AlertKind, DeliveryOutcome, Effect, NewRecord, Store, TimelineEntry,
 };
 use cadence_wire::{DeviceId, Kind};
+use common::db::TestDb;
 use common::{Device, Rng, TestServer, Typist, batch, post, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cadence-verifier");
@@ -45,13 +46,14 @@ fn small_scoring() -> ScoringConfig {
 
 /// Runs the binary on `data_dir`; returns success, stdout and stderr.
 fn cli(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("CADENCE_LOG", "warn")
-        .output()
-        .unwrap();
+    let mut command = Command::new(BIN);
+    command.args(args).arg("--data-dir").arg(data_dir);
+    // A PostgreSQL test's data directory names its database in this file.
+    let database = data_dir.join(common::db::CONFIG_FILE);
+    if database.exists() && !args.contains(&"--config") {
+        command.arg("--config").arg(database);
+    }
+    let out = command.env("CADENCE_LOG", "warn").output().unwrap();
     (
         out.status.success(),
         String::from_utf8(out.stdout).unwrap(),
@@ -132,8 +134,19 @@ fn trust_of(
 
 #[tokio::test]
 async fn trust_falls_and_alerts_only_after_a_run_of_unlike_windows() {
+    for db in TestDb::all("trust_falls_and_alerts_only_after_a_run_of_unlike_windows").await {
+        eprintln!("backend: {}", db.label());
+        trust_falls_and_alerts_only_after_a_run_of_unlike_windows_on(&db).await;
+    }
+}
+
+async fn trust_falls_and_alerts_only_after_a_run_of_unlike_windows_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| s.scoring = small_scoring()).await;
+    let server = TestServer::start_with(dir.path(), |s| {
+        db.apply(s);
+        s.scoring = small_scoring();
+    })
+    .await;
     let client = server.client();
     let token = server.token.clone().unwrap();
 
@@ -283,16 +296,25 @@ async fn trust_falls_and_alerts_only_after_a_run_of_unlike_windows() {
 
 #[tokio::test]
 async fn windows_stored_before_a_start_are_scored_after_it() {
+    for db in TestDb::all("windows_stored_before_a_start_are_scored_after_it").await {
+        eprintln!("backend: {}", db.label());
+        windows_stored_before_a_start_are_scored_after_it_on(&db).await;
+    }
+}
+
+async fn windows_stored_before_a_start_are_scored_after_it_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| s.scoring = small_scoring()).await;
+    let settings = |s: &mut cadence_verifier::Settings| {
+        db.apply(s);
+        s.scoring = small_scoring();
+    };
+    let server = TestServer::start_with(dir.path(), settings).await;
     let client = server.client();
     let device = Device::enroll(&server, &client, server.token.as_deref().unwrap()).await;
     server.stop().await;
 
     // Records committed with no scorer running (as if the process died right after commit).
-    let store = Store::open(&Database::Sqlite(dir.path().join("verifier.db")))
-        .await
-        .unwrap();
+    let store = Store::open(&db.database(dir.path())).await.unwrap();
     let typist = Typist::new(7);
     let mut rng = Rng::new(7);
     let records: Vec<NewRecord> = (1..=3u64)
@@ -308,7 +330,7 @@ async fn windows_stored_before_a_start_are_scored_after_it() {
     store.commit(device.id, 1, &records, &[]).await.unwrap();
     store.close().await;
 
-    let server = TestServer::start_with(dir.path(), |s| s.scoring = small_scoring()).await;
+    let server = TestServer::start_with(dir.path(), settings).await;
     wait_for(20, "catch-up scoring", || async {
         timeline(&server, device.id)
             .await
@@ -342,8 +364,15 @@ fn guard_alert() -> Vec<u8> {
 
 #[tokio::test]
 async fn an_injection_alert_from_the_guard_becomes_an_alert() {
+    for db in TestDb::all("an_injection_alert_from_the_guard_becomes_an_alert").await {
+        eprintln!("backend: {}", db.label());
+        an_injection_alert_from_the_guard_becomes_an_alert_on(&db).await;
+    }
+}
+
+async fn an_injection_alert_from_the_guard_becomes_an_alert_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), db).await;
     let client = server.client();
     let device = Device::enroll(&server, &client, server.token.as_deref().unwrap()).await;
     let envelope = device.seal(Kind::Alert, 7, &guard_alert());
@@ -439,9 +468,20 @@ fn webhook(url: &str) -> Webhook {
 
 #[tokio::test]
 async fn alerts_are_posted_to_webhooks_signed_and_retried() {
+    for db in TestDb::all("alerts_are_posted_to_webhooks_signed_and_retried").await {
+        eprintln!("backend: {}", db.label());
+        alerts_are_posted_to_webhooks_signed_and_retried_on(&db).await;
+    }
+}
+
+async fn alerts_are_posted_to_webhooks_signed_and_retried_on(db: &TestDb) {
     let (url, seen) = receiver(vec![500, 500]).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| s.webhooks = vec![webhook(&url)]).await;
+    let server = TestServer::start_with(dir.path(), |s| {
+        db.apply(s);
+        s.webhooks = vec![webhook(&url)];
+    })
+    .await;
     let client = server.client();
     let device = Device::enroll_as(
         &server,
@@ -595,8 +635,19 @@ async fn a_delivery_is_given_up_after_fifteen_attempts() {
 
 #[tokio::test]
 async fn baseline_reset_makes_the_next_windows_enroll_again() {
+    for db in TestDb::all("baseline_reset_makes_the_next_windows_enroll_again").await {
+        eprintln!("backend: {}", db.label());
+        baseline_reset_makes_the_next_windows_enroll_again_on(&db).await;
+    }
+}
+
+async fn baseline_reset_makes_the_next_windows_enroll_again_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| s.scoring = small_scoring()).await;
+    let server = TestServer::start_with(dir.path(), |s| {
+        db.apply(s);
+        s.scoring = small_scoring();
+    })
+    .await;
     let client = server.client();
     let device = Device::enroll_as(
         &server,
@@ -788,6 +839,27 @@ fn eval_reports_figures_rejections_and_users_left_out() {
     assert!(
         kb["continuous"]["impostor_runs"].as_u64().unwrap() > 0,
         "{kb}"
+    );
+
+    // --min-windows raises the bar: 14 windows per user are now too few for everyone.
+    let (ok, out, err) = cli(
+        dir.path(),
+        &[
+            "eval",
+            "--vectors",
+            v,
+            "--enroll",
+            "4",
+            "--min-windows",
+            "15",
+            "--config",
+            c,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("9 user(s) left out with fewer than 15"),
+        "{out}"
     );
 
     // Too few windows for anyone: said so, nothing evaluated.

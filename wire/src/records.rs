@@ -29,6 +29,10 @@ pub enum Decision {
     Granted,
     /// The user withdrew consent: capture stopped.
     Withdrawn,
+    /// The user paused monitoring for a while ([`ConsentRecord::until_ms`]); the grant stands.
+    Paused,
+    /// Monitoring resumed after a pause (the pause ran out, or the user ended it).
+    Resumed,
 }
 
 /// Payload of a `consent` envelope.
@@ -43,6 +47,11 @@ pub struct ConsentRecord {
     pub at_ms: u64,
     /// The OS account that decided.
     pub os_user: String,
+    /// For [`Decision::Paused`]: when monitoring resumes by itself, ms since the Unix epoch.
+    /// Absent on every other decision, so grant and withdrawal records keep their original
+    /// shape and an older verifier still reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
 }
 
 /// Payload of a `gap` envelope: records the agent had to drop before they were delivered.
@@ -273,9 +282,22 @@ mod tests {
             notice_sha256: "ab".into(),
             at_ms: 5,
             os_user: "alice".into(),
+            until_ms: None,
         };
         let s = serde_json::to_string(&c).unwrap();
         assert!(s.contains("\"granted\""));
+        assert!(
+            !s.contains("until_ms"),
+            "a grant keeps its original shape: {s}"
+        );
+        let p = ConsentRecord {
+            decision: Decision::Paused,
+            until_ms: Some(1_805_000),
+            ..c.clone()
+        };
+        let ps = serde_json::to_string(&p).unwrap();
+        assert!(ps.contains("\"paused\"") && ps.contains("\"until_ms\":1805000"));
+        assert_eq!(serde_json::from_str::<ConsentRecord>(&ps).unwrap(), p);
         assert_eq!(serde_json::from_str::<ConsentRecord>(&s).unwrap(), c);
         assert!(serde_json::from_str::<ConsentRecord>(&s.replace("}", ",\"x\":1}")).is_err());
     }

@@ -10,8 +10,17 @@
 //! timestamps and enqueues; when the queue is full it counts a drop and marks a gap, it never
 //! blocks the OS.
 
+pub mod evdev;
+pub mod hook;
 pub mod keyclass;
+pub mod live;
+pub mod mac_translate;
+#[cfg(target_os = "macos")]
+pub mod macos;
 pub mod replay;
+pub mod win_translate;
+#[cfg(windows)]
+pub mod windows;
 #[cfg(target_os = "linux")]
 pub mod x11;
 
@@ -78,6 +87,13 @@ pub enum EventKind {
     },
     /// Input was lost here (queue full, capture restarted): no interval may span this point.
     Gap,
+    /// The OS hides keyboard input from every listener from here on, or stops hiding it
+    /// (macOS Secure Event Input while a password field has focus). A keyboard gap with a
+    /// known, benign cause: no key interval spans it, and it is never evidence of anything.
+    SecureInput {
+        /// Whether keyboard input is hidden from this point.
+        active: bool,
+    },
 }
 
 /// Pointer buttons, coarsely.
@@ -142,6 +158,19 @@ pub enum CaptureError {
     /// This kind of capture is not available on this operating system or build.
     #[error("{0} capture is not available on this system")]
     Unsupported(&'static str),
+    /// No live backend can start on this system (each one's reason is given; `doctor` says
+    /// more).
+    #[error("no capture backend can start here: {0} (see `cadence-agent doctor`)")]
+    NoBackend(String),
+    /// No input device can be read (evdev: none readable under /dev/input).
+    #[error("no keyboard or pointer can be read: {0}")]
+    NoDevices(String),
+    /// The OS has not granted the permission capture needs (input group, Input Monitoring).
+    #[error("capture is not permitted: {0}")]
+    NotPermitted(String),
+    /// An OS call that capture depends on failed (hook or event tap not installed).
+    #[error("the operating system refused to start capture: {0}")]
+    Os(String),
 }
 
 impl CaptureError {

@@ -77,7 +77,9 @@ impl Windower {
             closed = self.close();
         }
         let t = ev.t_us;
-        if self.start_us.is_none() && ev.kind != EventKind::Gap {
+        if self.start_us.is_none()
+            && !matches!(ev.kind, EventKind::Gap | EventKind::SecureInput { .. })
+        {
             self.start_us = Some(t);
         }
         self.last_us = self.last_us.max(t);
@@ -92,6 +94,8 @@ impl Windower {
                 self.keyboard.gap();
                 self.mouse.gap();
             }
+            // Only the keyboard is hidden; the pointer goes on as before.
+            EventKind::SecureInput { .. } => self.keyboard.gap(),
         }
         if closed.is_none() {
             let full_keys = self

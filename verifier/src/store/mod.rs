@@ -13,16 +13,18 @@
 //! An alert is stored in the same transaction as its outbox rows (one per webhook URL
 //! configured at the time), so an alert is never stored without its deliveries queued.
 //!
-//! SQLite is the only backend so far (`sqlite.rs`); PostgreSQL is to be added as a second
-//! `Backend` variant with the same API. The schema is in `migrations/`, embedded and applied on
-//! open.
+//! Two backends with the same semantics: SQLite (`sqlite.rs`, one process writes) and
+//! PostgreSQL (`postgres.rs`, any number of verifier replicas write at once; how each
+//! read-decide-write stays atomic across replicas is in its module doc). Each has its schema
+//! in `migrations/<backend>/`, embedded and applied on open.
 
-use cadence_wire::records::{ConsentRecord, GapRecord, MonitoringState};
+use cadence_wire::records::{ConsentRecord, Decision, GapRecord, MonitoringState};
 use cadence_wire::{DeviceId, DevicePublicKey, Kind};
 
 use crate::Error;
 use crate::config::Database;
 
+mod postgres;
 mod sqlite;
 
 /// The verifier's storage. Cheap to clone: clones share the connection pools.
@@ -35,6 +37,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
 }
 
 /// A device asking to enroll, its token already checked.
@@ -353,6 +356,9 @@ impl Store {
             Database::Sqlite(path) => Ok(Store {
                 backend: Backend::Sqlite(sqlite::SqliteStore::open(path, true).await?),
             }),
+            Database::Postgres(url) => Ok(Store {
+                backend: Backend::Postgres(postgres::PostgresStore::open(url, true).await?),
+            }),
         }
     }
 
@@ -363,6 +369,9 @@ impl Store {
             Database::Sqlite(path) => Ok(Store {
                 backend: Backend::Sqlite(sqlite::SqliteStore::open(path, false).await?),
             }),
+            Database::Postgres(url) => Ok(Store {
+                backend: Backend::Postgres(postgres::PostgresStore::open(url, false).await?),
+            }),
         }
     }
 
@@ -370,6 +379,29 @@ impl Store {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
+        }
+    }
+
+    /// Checks that this verifier seals to the same HPKE key as every other replica on this
+    /// database, recording it if it is the first. PostgreSQL only: a SQLite database has one
+    /// verifier process, whose key sits in the same data directory.
+    pub async fn check_verifier_key(
+        &self,
+        public_key: &cadence_wire::VerifierPublicKey,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let Backend::Postgres(s) = &self.backend else {
+            return Ok(());
+        };
+        let key = public_key.to_string();
+        match s.claim_verifier_key(&key, now_ms).await? {
+            None => Ok(()),
+            Some(recorded) => Err(Error::Key(format!(
+                "this replica's HPKE key ({public_key}) is not the one the other replicas on this \
+                 database use ({recorded}): copy hpke.key and the TLS certificate and key from \
+                 the data directory of a running replica (see the README, \"Fleets\")"
+            ))),
         }
     }
 
@@ -377,6 +409,7 @@ impl Store {
     pub async fn token_count(&self) -> Result<u64, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.token_count().await,
+            Backend::Postgres(s) => s.token_count().await,
         }
     }
 
@@ -384,6 +417,7 @@ impl Store {
     pub async fn add_token(&self, sha256: &[u8; 32], now_ms: u64) -> Result<(), Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.add_token(sha256, now_ms).await,
+            Backend::Postgres(s) => s.add_token(sha256, now_ms).await,
         }
     }
 
@@ -391,6 +425,7 @@ impl Store {
     pub async fn token_known(&self, sha256: &[u8; 32]) -> Result<bool, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.token_known(sha256).await,
+            Backend::Postgres(s) => s.token_known(sha256).await,
         }
     }
 
@@ -404,6 +439,7 @@ impl Store {
     ) -> Result<DeviceId, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.enroll(device, new_id, now_ms).await,
+            Backend::Postgres(s) => s.enroll(device, new_id, now_ms).await,
         }
     }
 
@@ -411,6 +447,7 @@ impl Store {
     pub async fn device_key(&self, device: DeviceId) -> Result<Option<DevicePublicKey>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.device_key(device).await,
+            Backend::Postgres(s) => s.device_key(device).await,
         }
     }
 
@@ -422,6 +459,7 @@ impl Store {
     ) -> Result<Vec<(u64, [u8; 32])>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.stored_hashes(device, seqs).await,
+            Backend::Postgres(s) => s.stored_hashes(device, seqs).await,
         }
     }
 
@@ -436,6 +474,7 @@ impl Store {
     ) -> Result<Vec<Outcome>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.commit(device, received_ms, records, heartbeats).await,
+            Backend::Postgres(s) => s.commit(device, received_ms, records, heartbeats).await,
         }
     }
 
@@ -443,6 +482,7 @@ impl Store {
     pub async fn devices(&self) -> Result<Vec<DeviceSummary>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.devices().await,
+            Backend::Postgres(s) => s.devices().await,
         }
     }
 
@@ -467,6 +507,7 @@ impl Store {
     ) -> Result<Vec<StoredRecord>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.records_page(device, kind, after, limit).await,
+            Backend::Postgres(s) => s.records_page(device, kind, after, limit).await,
         }
     }
 
@@ -493,6 +534,7 @@ impl Store {
     ) -> Result<Vec<StoredRecord>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.unscored_windows(device, limit).await,
+            Backend::Postgres(s) => s.unscored_windows(device, limit).await,
         }
     }
 
@@ -500,6 +542,7 @@ impl Store {
     pub async fn devices_with_unscored_windows(&self) -> Result<Vec<DeviceId>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.devices_with_unscored_windows().await,
+            Backend::Postgres(s) => s.devices_with_unscored_windows().await,
         }
     }
 
@@ -507,6 +550,7 @@ impl Store {
     pub async fn profile(&self, device: DeviceId) -> Result<Option<StoredProfile>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.profile(device).await,
+            Backend::Postgres(s) => s.profile(device).await,
         }
     }
 
@@ -514,6 +558,7 @@ impl Store {
     pub async fn profiles(&self) -> Result<Vec<(DeviceId, StoredProfile)>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.profiles().await,
+            Backend::Postgres(s) => s.profiles().await,
         }
     }
 
@@ -528,6 +573,7 @@ impl Store {
     ) -> Result<bool, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.save_profile(device, json, expected_version, now_ms).await,
+            Backend::Postgres(s) => s.save_profile(device, json, expected_version, now_ms).await,
         }
     }
 
@@ -540,6 +586,7 @@ impl Store {
     ) -> Result<Option<Vec<u64>>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.save_scoring(update).await,
+            Backend::Postgres(s) => s.save_scoring(update).await,
         }
     }
 
@@ -547,13 +594,24 @@ impl Store {
     pub async fn population(&self) -> Result<Option<StoredPopulation>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.population().await,
+            Backend::Postgres(s) => s.population().await,
         }
     }
 
-    /// Replaces the stored population.
-    pub async fn save_population(&self, population: &StoredPopulation) -> Result<(), Error> {
+    /// Replaces the stored population unless one of the same or a later generation is
+    /// stored (another replica learned it first); returns whether it was written.
+    pub async fn save_population(&self, population: &StoredPopulation) -> Result<bool, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.save_population(population).await,
+            Backend::Postgres(s) => s.save_population(population).await,
+        }
+    }
+
+    /// The stored population's generation, if one was learned: a cheap check for a newer one.
+    pub async fn population_generation(&self) -> Result<Option<u64>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.population_generation().await,
+            Backend::Postgres(s) => s.population_generation().await,
         }
     }
 
@@ -561,6 +619,7 @@ impl Store {
     pub async fn alerts(&self, device: Option<DeviceId>) -> Result<Vec<AlertSummary>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.alerts(device).await,
+            Backend::Postgres(s) => s.alerts(device).await,
         }
     }
 
@@ -568,6 +627,7 @@ impl Store {
     pub async fn timeline(&self, device: DeviceId) -> Result<Vec<TimelineEntry>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.timeline(device).await,
+            Backend::Postgres(s) => s.timeline(device).await,
         }
     }
 
@@ -580,6 +640,7 @@ impl Store {
     ) -> Result<Vec<Delivery>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.due_deliveries(now_ms, urls, limit).await,
+            Backend::Postgres(s) => s.due_deliveries(now_ms, urls, limit).await,
         }
     }
 
@@ -587,6 +648,7 @@ impl Store {
     pub async fn next_delivery_ms(&self, urls: &[String]) -> Result<Option<u64>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.next_delivery_ms(urls).await,
+            Backend::Postgres(s) => s.next_delivery_ms(urls).await,
         }
     }
 
@@ -599,6 +661,107 @@ impl Store {
     ) -> Result<(), Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_delivery(alert_id, url, outcome).await,
+            Backend::Postgres(s) => s.record_delivery(alert_id, url, outcome).await,
+        }
+    }
+}
+
+/// What a consent record does to a device, in storage terms: the name its decision is kept
+/// under in the consent events, and the monitoring state the device is in after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentEffect {
+    /// The decision's stored name (its serde name): `granted`, `withdrawn`, `paused`, `resumed`.
+    pub decision: &'static str,
+    /// The device's monitoring state after the decision.
+    pub state: MonitoringState,
+}
+
+/// The one mapping from a consent decision to its stored name and the device state it sets.
+/// Every backend calls it, so SQLite and PostgreSQL never disagree about what a decision means.
+pub fn consent_effect(decision: Decision) -> ConsentEffect {
+    let (name, state) = match decision {
+        Decision::Granted => ("granted", MonitoringState::Monitoring),
+        Decision::Withdrawn => ("withdrawn", MonitoringState::Withdrawn),
+        Decision::Paused => ("paused", MonitoringState::Paused),
+        Decision::Resumed => ("resumed", MonitoringState::Monitoring),
+    };
+    ConsentEffect {
+        decision: name,
+        state,
+    }
+}
+
+/// A device's trust level after its newest window that moved trust, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustLevel {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The window that set it.
+    pub seq: u64,
+    /// When the agent closed that window (device clock).
+    pub created_ms: u64,
+    /// The trust level after it.
+    pub trust: f64,
+    /// That window's fused score.
+    pub score: Option<f64>,
+}
+
+/// One stored consent decision, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsentEvent {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The consent record's sequence number.
+    pub seq: u64,
+    /// `granted`, `withdrawn`, `paused` or `resumed`.
+    pub decision: String,
+    /// SHA-256 (hex) of the notice the user saw.
+    pub notice_sha256: String,
+    /// When the user decided (device clock).
+    pub at_ms: u64,
+    /// The OS user who decided.
+    pub os_user: String,
+}
+
+/// Read queries for the dashboard, `/metrics` and `/readyz`. Each backend implements them with
+/// the same plain SQL.
+impl Store {
+    /// Whether the database answers a trivial query (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.ping().await,
+            Backend::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// How many devices are in each monitoring state (`None`: never reported one), for the
+    /// `/metrics` gauge; one cheap `GROUP BY`, not a scan of the records.
+    pub async fn device_state_counts(&self) -> Result<Vec<(Option<String>, u64)>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.device_state_counts().await,
+            Backend::Postgres(s) => s.device_state_counts().await,
+        }
+    }
+
+    /// Every device's trust after its newest window that moved trust; devices whose trust
+    /// never moved are absent.
+    pub async fn trust_levels(&self) -> Result<Vec<TrustLevel>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust_levels().await,
+            Backend::Postgres(s) => s.trust_levels().await,
+        }
+    }
+
+    /// Up to `limit` consent decisions, newest decision first (device clock), of one device
+    /// or of all.
+    pub async fn consent_events(
+        &self,
+        device: Option<DeviceId>,
+        limit: u32,
+    ) -> Result<Vec<ConsentEvent>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.consent_events(device, limit).await,
+            Backend::Postgres(s) => s.consent_events(device, limit).await,
         }
     }
 }

@@ -11,7 +11,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cadence_wire::records::Decision;
 use cadence_wire::{DeviceId, DevicePublicKey, Kind};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -21,7 +20,7 @@ use sqlx::{Row, SqliteConnection};
 use super::{
     AlertKind, AlertSummary, Delivery, DeliveryOutcome, DeliveryState, DeviceSummary, Effect,
     HeartbeatUpdate, NewAlert, NewDevice, NewRecord, Outcome, ScoreRow, ScoringUpdate,
-    StoredPopulation, StoredProfile, StoredRecord, TimelineEntry, state_name,
+    StoredPopulation, StoredProfile, StoredRecord, TimelineEntry, consent_effect, state_name,
 };
 use crate::Error;
 
@@ -34,8 +33,8 @@ const READ_CONNECTIONS: u32 = 4;
 
 /// Embedded migrations, in order; each ends by setting `PRAGMA user_version` to its number.
 const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("migrations/0001_init.sql")),
-    (2, include_str!("migrations/0002_scoring.sql")),
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_scoring.sql")),
 ];
 
 /// Starts a write transaction that holds the write lock from its first statement, so it can
@@ -387,10 +386,11 @@ impl SqliteStore {
             return Ok(None);
         }
         for s in u.scores {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO scores (device_id, seq, created_ms, received_ms, scored_ms, keyboard,
                                      mouse, score, calibrated, trust, alert, enrolling, rejected)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (device_id, seq) DO NOTHING",
             )
             .bind(&id)
             .bind(seq_to_db(s.seq))
@@ -406,7 +406,14 @@ impl SqliteStore {
             .bind(&s.enrolling)
             .bind(&s.rejected)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                // Another writer scored this window since the pass read its windows (as in
+                // the PostgreSQL backend): the pass is stale, run it again.
+                tx.rollback().await?;
+                return Ok(None);
+            }
         }
         let mut ids = Vec::with_capacity(u.alerts.len());
         for a in u.alerts {
@@ -436,16 +443,17 @@ impl SqliteStore {
         .transpose()
     }
 
-    pub(super) async fn save_population(&self, p: &StoredPopulation) -> Result<(), Error> {
+    pub(super) async fn save_population(&self, p: &StoredPopulation) -> Result<bool, Error> {
         let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(
+        let written = sqlx::query(
             "INSERT INTO population (id, generation, data, users, keyboard_users, mouse_users,
                                      learned_ms)
              VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (id) DO UPDATE SET generation = excluded.generation,
                 data = excluded.data, users = excluded.users,
                 keyboard_users = excluded.keyboard_users, mouse_users = excluded.mouse_users,
-                learned_ms = excluded.learned_ms",
+                learned_ms = excluded.learned_ms
+             WHERE population.generation < excluded.generation",
         )
         .bind(ms_to_db(p.generation))
         .bind(&p.json)
@@ -454,9 +462,17 @@ impl SqliteStore {
         .bind(ms_to_db(p.mouse_users))
         .bind(ms_to_db(p.learned_ms))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         tx.commit().await?;
-        Ok(())
+        Ok(written == 1)
+    }
+
+    pub(super) async fn population_generation(&self) -> Result<Option<u64>, Error> {
+        let g: Option<i64> = sqlx::query_scalar("SELECT generation FROM population WHERE id = 1")
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(g.map(from_db_count))
     }
 
     pub(super) async fn alerts(
@@ -632,6 +648,79 @@ impl SqliteStore {
     }
 }
 
+/// Read queries for the dashboard, `/metrics` and `/readyz` (see [`super::Store::ping`]).
+impl SqliteStore {
+    pub(super) async fn ping(&self) -> Result<(), Error> {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn device_state_counts(&self) -> Result<Vec<(Option<String>, u64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT last_state, COUNT(*) AS n FROM devices GROUP BY last_state ORDER BY last_state",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("last_state")?, from_db_count(r.try_get("n")?))))
+            .collect()
+    }
+
+    pub(super) async fn trust_levels(&self) -> Result<Vec<super::TrustLevel>, Error> {
+        let rows = sqlx::query(
+            "SELECT s.device_id, s.seq, s.created_ms, s.trust, s.score
+             FROM scores s
+             JOIN (SELECT device_id, MAX(seq) AS seq FROM scores
+                   WHERE trust IS NOT NULL GROUP BY device_id) m
+               ON m.device_id = s.device_id AND m.seq = s.seq
+             ORDER BY s.device_id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::TrustLevel {
+                    device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+                    seq: seq_from_db(r.try_get("seq")?),
+                    created_ms: ms_from_db(r.try_get("created_ms")?),
+                    trust: r.try_get("trust")?,
+                    score: r.try_get("score")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn consent_events(
+        &self,
+        device: Option<DeviceId>,
+        limit: u32,
+    ) -> Result<Vec<super::ConsentEvent>, Error> {
+        let rows = sqlx::query(
+            "SELECT device_id, seq, decision, notice_sha256, at_ms, os_user FROM consent_events
+             WHERE (?1 IS NULL OR device_id = ?1)
+             ORDER BY at_ms DESC, device_id, seq DESC LIMIT ?2",
+        )
+        .bind(device.map(|d| d.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::ConsentEvent {
+                    device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+                    seq: seq_from_db(r.try_get("seq")?),
+                    decision: r.try_get("decision")?,
+                    notice_sha256: r.try_get("notice_sha256")?,
+                    at_ms: ms_from_db(r.try_get("at_ms")?),
+                    os_user: r.try_get("os_user")?,
+                })
+            })
+            .collect()
+    }
+}
+
 fn alert_summary(r: &sqlx::sqlite::SqliteRow) -> Result<AlertSummary, Error> {
     Ok(AlertSummary {
         id: from_db_count(r.try_get("id")?),
@@ -775,10 +864,8 @@ async fn insert_record(
     match &r.effect {
         Effect::None => {}
         Effect::Consent(c) => {
-            let (decision, state) = match c.decision {
-                Decision::Granted => ("granted", "monitoring"),
-                Decision::Withdrawn => ("withdrawn", "withdrawn"),
-            };
+            let effect = consent_effect(c.decision);
+            let (decision, state) = (effect.decision, state_name(effect.state));
             sqlx::query(
                 "INSERT INTO consent_events (device_id, seq, decision, notice_sha256, at_ms, os_user)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

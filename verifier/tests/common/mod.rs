@@ -12,6 +12,8 @@ use cadence_wire::{DeviceId, DeviceSigningKey, Header, Kind, VerifierPublicKey, 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod db;
+
 /// A verifier serving in this process.
 pub struct TestServer {
     pub base: String,
@@ -19,6 +21,8 @@ pub struct TestServer {
     pub public_key: VerifierPublicKey,
     pub token: Option<String>,
     pub data_dir: PathBuf,
+    /// The database it serves from (SQLite in `data_dir` unless a test chose another).
+    pub database: Database,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cadence_verifier::Error>>>,
 }
@@ -29,6 +33,7 @@ impl TestServer {
         let mut settings = Settings::with_data_dir(data_dir);
         settings.listen = "127.0.0.1:0".parse().unwrap();
         adjust(&mut settings);
+        let database = settings.database.clone();
         let verifier = Verifier::start(&settings).await.unwrap();
         let s = verifier.startup().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -41,6 +46,7 @@ impl TestServer {
             public_key: s.public_key,
             token: s.first_token.map(|t| t.expose().to_owned()),
             data_dir: data_dir.to_owned(),
+            database,
             stop: Some(stop),
             task: Some(task),
         }
@@ -59,6 +65,7 @@ impl TestServer {
             public_key,
             token: None,
             data_dir: data_dir.to_owned(),
+            database: Database::Sqlite(data_dir.join("verifier.db")),
             stop: None,
             task: None,
         }
@@ -66,6 +73,11 @@ impl TestServer {
 
     pub async fn start(data_dir: &Path) -> TestServer {
         TestServer::start_with(data_dir, |_| {}).await
+    }
+
+    /// Starts a verifier on `data_dir` serving from `db`.
+    pub async fn start_on(data_dir: &Path, db: &db::TestDb) -> TestServer {
+        TestServer::start_with(data_dir, |s| db.apply(s)).await
     }
 
     /// Stops the server and waits until it has closed its database.
@@ -93,9 +105,7 @@ impl TestServer {
 
     /// A second connection to the same database, for checking what was stored.
     pub async fn store(&self) -> Store {
-        Store::open_existing(&Database::Sqlite(self.data_dir.join("verifier.db")))
-            .await
-            .unwrap()
+        Store::open_existing(&self.database).await.unwrap()
     }
 
     /// Features records stored for `device`.

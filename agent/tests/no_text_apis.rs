@@ -1,0 +1,142 @@
+//! Promise 1 on every backend: no code in the agent calls a key-to-text, keyboard-layout or
+//! input-method function, reads an event's characters or the pointer's absolute location, or
+//! grabs an input device. The per-OS capture files cannot all be compiled here, so their
+//! source is checked: every identifier outside comments is compared with the forbidden list.
+//! (Comments may name them: the modules say what they must never do.)
+
+use std::path::{Path, PathBuf};
+
+/// Functions and ioctls that would turn keys into text, look up a layout, read characters or
+/// positions, or take a device away from the user.
+const FORBIDDEN: &[&str] = &[
+    // Windows
+    "ToUnicode",
+    "ToUnicodeEx",
+    "ToAscii",
+    "ToAsciiEx",
+    "MapVirtualKey",
+    "MapVirtualKeyW",
+    "MapVirtualKeyExW",
+    "TranslateMessage",
+    "GetKeyboardLayout",
+    "GetKeyNameTextW",
+    "ImmGetCompositionStringW",
+    "scanCode",
+    // macOS
+    "UCKeyTranslate",
+    "TISCopyCurrentKeyboardInputSource",
+    "TISCopyCurrentKeyboardLayoutInputSource",
+    "TISGetInputSourceProperty",
+    "LMGetKbdType",
+    "CGEventKeyboardGetUnicodeString",
+    "CGEventGetLocation",
+    "CGEventGetUnflippedLocation",
+    // X11 and Linux
+    "XLookupString",
+    "Xutf8LookupString",
+    "XmbLookupString",
+    "XKeycodeToKeysym",
+    "XkbKeycodeToKeysym",
+    "get_keyboard_mapping",
+    "xkb_state_key_get_utf8",
+    "xkb_state_key_get_one_sym",
+    "EVIOCGRAB",
+    "EVIOCGKEYCODE",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        panic!("cannot list {}", dir.display())
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The identifiers of a source file, with line comments and string contents removed.
+fn identifiers(src: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for line in src.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        // Drop string literals (error messages may name what the user should do).
+        let mut in_str = false;
+        let mut cur = String::new();
+        for c in code.chars() {
+            if c == '"' {
+                in_str = !in_str;
+                continue;
+            }
+            if in_str {
+                continue;
+            }
+            if c.is_alphanumeric() || c == '_' {
+                cur.push(c);
+            } else if !cur.is_empty() {
+                ids.push(std::mem::take(&mut cur));
+            }
+        }
+        if !cur.is_empty() {
+            ids.push(cur);
+        }
+    }
+    ids
+}
+
+#[test]
+fn no_agent_source_calls_a_key_to_text_or_layout_function() {
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let per_os = ["windows.rs", "macos.rs", "device.rs", "x11.rs"];
+    for name in per_os {
+        assert!(
+            files.iter().any(|f| f.ends_with(name)),
+            "{name} not found: the check would be vacuous"
+        );
+    }
+    let mut hits = Vec::new();
+    for f in &files {
+        let src = std::fs::read_to_string(f).unwrap();
+        for id in identifiers(&src) {
+            if FORBIDDEN.contains(&id.as_str()) {
+                hits.push(format!("{}: {id}", f.display()));
+            }
+        }
+    }
+    assert!(hits.is_empty(), "forbidden calls: {hits:#?}");
+}
+
+#[test]
+fn the_check_finds_a_forbidden_call_outside_comments() {
+    let src =
+        "// ToUnicode is never called\nlet n = unsafe { ToUnicode(vk, sc, st, buf, 4, 0) };\n";
+    let ids = identifiers(src);
+    assert_eq!(ids.iter().filter(|i| *i == "ToUnicode").count(), 1);
+    assert!(
+        identifiers("let m = \"see MapVirtualKey\";")
+            .iter()
+            .all(|i| i != "MapVirtualKey")
+    );
+}
+
+#[test]
+fn the_windows_bindings_leave_out_the_keyboard_text_functions() {
+    // ToUnicode, ToAscii, MapVirtualKey and GetKeyboardLayout live in windows-sys's
+    // Win32_UI_Input_KeyboardAndMouse feature: without it they cannot even be named.
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .unwrap();
+    let line = manifest
+        .lines()
+        .find(|l| l.starts_with("windows-sys"))
+        .expect("windows-sys in the workspace dependencies");
+    assert!(!line.contains("KeyboardAndMouse"), "{line}");
+    assert!(!line.contains("Input_Ime"), "{line}");
+}
