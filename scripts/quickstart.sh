@@ -24,7 +24,11 @@ fi
 "$verifier" serve --data-dir "$base/verifier" --listen "127.0.0.1:$port" >"$base/verifier.out" 2>"$base/verifier.log" &
 vpid=$!
 apid=""
-cleanup() { [ -n "$apid" ] && kill "$apid" 2>/dev/null; kill "$vpid" 2>/dev/null; wait 2>/dev/null || true; }
+cleanup() {
+  [ -z "$apid" ] || kill "$apid" 2>/dev/null || true
+  kill "$vpid" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT
 for _ in $(seq 100); do grep -q '^listening on' "$base/verifier.out" 2>/dev/null && break; sleep 0.1; done
 cat "$base/verifier.out"
@@ -59,7 +63,10 @@ while [ $SECONDS -lt $end ] && kill -0 "$apid" 2>/dev/null; do
     seen=$n
   fi
 done
-[ -n "$apid" ] && kill "$apid" 2>/dev/null; wait "$apid" 2>/dev/null || true; apid=""
+# The replay agent may have finished on its own already.
+kill "$apid" 2>/dev/null || true
+wait "$apid" 2>/dev/null || true
+apid=""
 n=$("$verifier" windows --device "$device" --json --data-dir "$base/verifier" | wc -l)
 echo
 echo "Done: $n windows arrived, signed and encrypted, and were stored once each."
