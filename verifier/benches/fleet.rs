@@ -2,17 +2,24 @@
 //! on PostgreSQL, and on two replicas sharing one PostgreSQL database, next to the crypto
 //! limit measured in the same run.
 //!
+//! The "two replicas" are two verifier instances in this one process, sharing its one tokio
+//! runtime (and so its worker threads) and one PostgreSQL database: they show that replicas
+//! stay consistent under load and what sharing costs, not what two machines would do.
+//!
 //! `CADENCE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p cadence-verifier --bench fleet`
 //!
 //! (a) `open()` (HPKE decrypt + Ed25519 verify) back to back on one thread for ~1 KiB feature
-//! payloads: the per-core ceiling, and that times the cores for the whole machine.
+//! payloads: the per-core ceiling, measured. The whole machine's figure printed beside it is
+//! computed (that rate times the cores), not measured.
 //! (b) For each backend: a verifier in this process on 127.0.0.1:0 (PostgreSQL: a fresh
 //! database, dropped afterwards); [`AGENTS`] enrolled simulated agents with pre-sealed
 //! envelopes; [`CONNECTIONS`] concurrent HTTPS connections, each carrying the requests of its
 //! share of the agents in turn, one agent's batch of [`BATCH`] windows per request, for
 //! [`RUN`]. Reports envelopes committed per second and the request latency (p50, p99) as the
-//! agent sees it: TLS, HTTP, decrypt, verify, dedupe check, commit. That is saturation: every
-//! connection always has a request waiting, so latency there is mostly queueing.
+//! agent sees it on an established connection: TLS records, HTTP, decrypt, verify, dedupe
+//! check, commit. Each connection is kept alive and does its TLS handshake once, at its first
+//! request, so handshakes are not in these latencies. That is saturation: every connection
+//! always has a request waiting, so latency there is mostly queueing.
 //! (c) Paced: the same agents send one window per request, at half the request rate (b)
 //! reached (each request is a commit, so requests, not envelopes, are the cost), on a fixed
 //! schedule (open loop: latency counts from when the request was due, so a stall is not
@@ -406,7 +413,7 @@ fn main() {
     let (crypto, payload_len) = crypto_limit();
     println!("payload: {payload_len} bytes of feature-vector JSON per envelope; {cores} cores");
     println!(
-        "crypto limit (open = HPKE decrypt + Ed25519 verify): {crypto:.0} envelopes/s on one core, {:.0} on {cores}",
+        "crypto limit (open = HPKE decrypt + Ed25519 verify): {crypto:.0} envelopes/s on one core (measured), {:.0} on {cores} (computed: one core's rate x {cores}, not measured)",
         crypto * cores as f64
     );
     println!(
@@ -425,7 +432,13 @@ fn main() {
             None => println!("postgres: skipped (set {})", db::POSTGRES_ENV),
         }
         if let Some(pg) = TestDb::postgres("fleet bench").await {
-            fleet("postgres, 2 replicas", &pg, 2, crypto).await;
+            fleet(
+                "postgres, 2 replicas (two instances, one process and runtime)",
+                &pg,
+                2,
+                crypto,
+            )
+            .await;
         }
     });
 }

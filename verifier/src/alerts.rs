@@ -263,13 +263,13 @@ impl Dispatcher {
                 }
             }
         };
-        if let Err(e) = self
-            .store
-            .record_delivery(d.alert.id, &d.url, &outcome)
-            .await
-        {
-            tracing::error!(alert = d.alert.id, webhook = %endpoint.name, error = %e,
-                "cannot record a webhook delivery attempt");
+        match self.store.record_delivery(&d, &outcome).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(alert = d.alert.id, webhook = %endpoint.name,
+                "webhook delivery attempt not recorded: another replica took the delivery over \
+                 after this one's lease ran out"),
+            Err(e) => tracing::error!(alert = d.alert.id, webhook = %endpoint.name, error = %e,
+                "cannot record a webhook delivery attempt"),
         }
     }
 

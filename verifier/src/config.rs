@@ -187,13 +187,14 @@ pub enum Database {
 }
 
 /// A checked PostgreSQL connection URL: `postgres://` or `postgresql://`, a host, a database
-/// name, and only the query parameters this build honours (`sslmode` of `disable`, `allow` or
-/// `prefer`, `application_name`, `options`, `host` for a socket directory, `port`, `user`,
-/// `password`, `dbname`, `statement-cache-capacity`).
+/// name, and only the query parameters this build honours (`sslmode=disable`,
+/// `application_name`, `options`, `host` for a socket directory, `port`, `user`, `password`,
+/// `dbname`, `statement-cache-capacity`).
 ///
 /// This build has no TLS for PostgreSQL: the database is to be reached over loopback, a Unix
 /// socket or a private network, so `sslmode=require`, `verify-ca` and `verify-full` are
-/// refused rather than failing at the first connection. The URL may hold a password: its
+/// refused rather than failing at the first connection, and so are `prefer` and `allow`,
+/// which would quietly mean plaintext here. The URL may hold a password: its
 /// `Debug` and [`PostgresUrl::redacted`] show only host, port and database.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresUrl(Zeroizing<String>);
@@ -241,11 +242,11 @@ impl PostgresUrl {
                     HONOURED.join(", ")
                 ));
             }
-            if key == "sslmode" && !matches!(value.as_ref(), "disable" | "allow" | "prefer") {
+            if key == "sslmode" && value != "disable" {
                 return Err(format!(
-                    "sslmode={value}: this verifier has no TLS for PostgreSQL; reach the \
-                     database over loopback, a Unix socket or a private network \
-                     (sslmode disable, allow or prefer)"
+                    "sslmode={value}: this verifier has no TLS for PostgreSQL (so `prefer` and \
+                     `allow` would mean plaintext); reach the database over loopback, a Unix \
+                     socket or a private network and write sslmode=disable, or leave sslmode out"
                 ));
             }
         }
@@ -701,6 +702,8 @@ mod tests {
             ("db/a/b", "just the database name"),
             ("db:99999/x", "not a valid PostgreSQL URL"),
             ("db/x?sslmode=verify-full", "no TLS for PostgreSQL"),
+            ("db/x?sslmode=prefer", "would mean plaintext"),
+            ("db/x?sslmode=allow", "no TLS for PostgreSQL"),
             ("db/x?sslmode=bogus", "no TLS for PostgreSQL"),
             ("db/x?ssl=true", "unknown query parameter \"ssl\""),
             ("db/x?port=abc", "not a valid PostgreSQL URL"),

@@ -36,8 +36,9 @@ pub enum Error {
     /// The database failed: a corrupt file, a full disk, or a schema from a newer verifier.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
-    /// The database is locked or every connection is in use: the verifier is overloaded or
-    /// another process holds a long write lock. Retrying later helps.
+    /// The database is locked, every connection is in use, or the connection to the database
+    /// was lost (server restarting, network cut): the verifier is overloaded, another process
+    /// holds a long write lock, or the database is briefly away. Retrying later helps (503).
     #[error("database busy, try again later")]
     Busy,
     /// The database was written by a newer verifier than this one.
@@ -106,15 +107,15 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// Whether a database error means "try again later" rather than "broken".
+/// Whether a database error means "try again later" rather than "broken": contention, or
+/// a connection that failed (the request did not commit; an agent resends it).
 fn is_busy(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::PoolTimedOut => true,
+        // No free connection in time, the pool shut, or the socket to the server failed.
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         sqlx::Error::Database(db) => {
             if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                // PostgreSQL: serialization failure, deadlock (one side is aborted), lock not
-                // available, too many connections, server starting or shutting down.
-                return matches!(pg.code(), "40001" | "40P01" | "55P03" | "53300" | "57P03");
+                return pg_code_is_busy(pg.code());
             }
             // SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes
             // keep the primary code in their low byte.
@@ -123,5 +124,43 @@ fn is_busy(e: &sqlx::Error) -> bool {
                 .is_some_and(|c| matches!(c & 0xff, 5 | 6))
         }
         _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATEs that mean "try again": serialization failure, deadlock (one side is
+/// aborted), lock not available, too many connections, the server shutting down
+/// (administrator or crash) or starting, and every connection exception (class 08).
+fn pg_code_is_busy(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+    ) || code.starts_with("08")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_and_contention_are_busy() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert!(matches!(Error::from(e), Error::Busy));
+        }
+        assert!(matches!(
+            Error::from(sqlx::Error::RowNotFound),
+            Error::Database(_)
+        ));
+        for code in [
+            "40001", "40P01", "57P01", "57P03", "08006", "08003", "08000",
+        ] {
+            assert!(pg_code_is_busy(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "57014"] {
+            assert!(!pg_code_is_busy(code), "{code}");
+        }
     }
 }

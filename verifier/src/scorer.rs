@@ -21,8 +21,9 @@
 //! ([`Scorer::enqueue`]); one task ([`Scorer::run`]) takes queued devices one at a time and
 //! scores every stored features record of the device that has no score row yet, in sequence
 //! order. At start the same task queues every device with unscored windows, so a crash
-//! between commit and scoring loses nothing; it looks again whenever it has been idle for
-//! 30 s, which is how replicas sharing one PostgreSQL database score what a dead replica
+//! between commit and scoring loses nothing; it looks again every 30 s, at the first moment
+//! it is idle (a fixed period, not 30 s of idleness, which steady traffic would never leave
+//! it), which is how replicas sharing one PostgreSQL database score what a dead replica
 //! committed but did not score (and learn a population it did not live to learn). Before
 //! each device, a replica loads a population generation another replica stored, and a
 //! generation learned by two replicas at once is stored once (the later writer loads the
@@ -58,7 +59,7 @@ use crate::store::{AlertKind, NewAlert, ScoreRow, ScoringUpdate, Store, StoredPo
 
 /// Windows read and written per scorer pass.
 const PAGE: u32 = 256;
-/// How long the scorer stays idle before it looks for windows stored but not scored (by a
+/// How often the scorer, when next idle, looks for windows stored but not scored (by a
 /// replica that died between commit and scoring).
 const SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 /// Passes run again after the profile changed underneath before scoring gives up for now.
@@ -171,7 +172,16 @@ impl Scorer {
     /// Scores queued devices until `shutdown` turns true (or its sender is dropped). Starts by
     /// learning the population if it is out of date and queuing every device with windows
     /// stored but not scored.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.run_sweeping_every(shutdown, SWEEP).await;
+    }
+
+    /// [`run`](Scorer::run) with the sweep every `period` (tests shorten it).
+    async fn run_sweeping_every(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        period: std::time::Duration,
+    ) {
         {
             let mut state = self.inner.state.lock().await;
             if let Err(e) = self.maybe_relearn(&mut state).await {
@@ -179,6 +189,11 @@ impl Scorer {
             }
         }
         self.queue_unscored().await;
+        // Made once, outside the loop: a sleep made anew at every wake-up would be postponed
+        // forever by steady traffic. A tick missed while busy is taken at the next idle
+        // moment, and the one after comes a whole period later.
+        let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = std::mem::take(
                 &mut *self
@@ -192,7 +207,7 @@ impl Scorer {
                     () = self.inner.wake.notified() => continue,
                     // Replicas over one database: windows another replica committed but did
                     // not live to score are found here once this one is idle.
-                    () = tokio::time::sleep(SWEEP) => {
+                    _ = sweep.tick() => {
                         self.sweep().await;
                         continue;
                     }
@@ -597,4 +612,103 @@ fn parse_population(stored: &StoredPopulation) -> Result<Population, String> {
     let p: Population = serde_json::from_str(&stored.json).map_err(|e| e.to_string())?;
     p.check().map_err(|e| e.to_string())?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::{Duration, Instant};
+
+    use cadence_wire::DeviceSigningKey;
+    use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures, SCHEMA_V1};
+
+    use super::*;
+    use crate::config::Database;
+    use crate::store::{Effect, NewDevice, NewRecord};
+
+    /// Only a bound so that a broken scorer fails the test instead of hanging it.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    async fn enroll(store: &Store, user: &str) -> DeviceId {
+        let key = DeviceSigningKey::generate().unwrap();
+        let device = NewDevice {
+            public_key: key.public_key(),
+            os_user: user,
+            hostname: "desk",
+        };
+        store
+            .enroll(&device, DeviceId::random().unwrap(), now_ms())
+            .await
+            .unwrap()
+    }
+
+    /// Stores one features window for `device` as another replica would: without queuing it.
+    async fn store_window(store: &Store, device: DeviceId, seq: u64) {
+        let v = FeatureVector {
+            schema: SCHEMA_V1.to_owned(),
+            duration_ms: 30_000,
+            keys: 120,
+            mouse_events: 0,
+            keyboard: Some(KeyboardFeatures([60.0; KEYBOARD_LEN])),
+            mouse: None,
+        };
+        let record = NewRecord {
+            seq,
+            kind: Kind::Features,
+            created_ms: now_ms(),
+            payload: serde_json::to_string(&v).unwrap(),
+            envelope_sha256: [u8::try_from(seq).unwrap(); 32],
+            effect: Effect::None,
+        };
+        store
+            .commit(device, now_ms(), &[record], &[])
+            .await
+            .unwrap();
+    }
+
+    async fn scored(store: &Store, device: DeviceId) -> bool {
+        let t = store.timeline(device).await.unwrap();
+        !t.is_empty() && t.iter().all(|e| e.score.is_some())
+    }
+
+    /// A window nobody queued (its replica died after the commit) is found by the periodic
+    /// sweep even while other devices keep the scorer busy with wake-ups more often than the
+    /// sweep period: a sweep timer made anew at every wake-up would never fire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steady_traffic_does_not_postpone_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Database::Sqlite(dir.path().join("v.db")))
+            .await
+            .unwrap();
+        let busy = enroll(&store, "busy").await;
+        let orphan = enroll(&store, "orphan").await;
+        // Found by the scan at start: once it is scored, that scan is over.
+        store_window(&store, busy, 1).await;
+        let scorer = Scorer::load(store.clone(), ScoringConfig::default(), Outbox::default())
+            .await
+            .unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let period = Duration::from_millis(300);
+        let task = tokio::spawn(scorer.clone().run_sweeping_every(shutdown, period));
+        let start = Instant::now();
+        while !scored(&store, busy).await {
+            assert!(start.elapsed() < WAIT, "the scan at start scored nothing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store_window(&store, orphan, 1).await;
+        // Wake-ups six times per sweep period, for a device with nothing new.
+        let start = Instant::now();
+        while !scored(&store, orphan).await {
+            assert!(
+                start.elapsed() < WAIT,
+                "the orphan window was never swept up under steady wake-ups"
+            );
+            scorer.enqueue(busy);
+            tokio::time::sleep(period / 6).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        store.close().await;
+    }
 }

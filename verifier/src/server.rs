@@ -126,6 +126,7 @@ impl Verifier {
             metrics: metrics.clone(),
             auth: AdminAuth::new(&settings.admin_tokens, &settings.metrics_tokens)?,
             lockout: settings.scoring.trust.lockout,
+            silent_after_secs: settings.silent_after_secs,
         });
 
         let listener = TcpListener::bind(settings.listen)

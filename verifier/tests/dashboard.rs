@@ -378,20 +378,36 @@ async fn the_admin_api_needs_a_token_checks_queries_and_leaks_nothing_on(db: &Te
         assert_eq!(body, r#"{"error":"no such device"}"#);
     }
 
-    // One device's id gives that device's data only.
+    // One device's id gives that device's data only, and only what identity assurance
+    // needs: scores, trust and alerts in order. Nothing that measures how much or when a
+    // person worked: no record or window count, no per-window time or sequence number.
     let (_, _, body) = get(&client, &server, &timeline_a, Auth::Bearer(ADMIN)).await;
     let t: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(t["device"]["device_id"], a.to_string());
-    assert_eq!(t["total_windows"], 22);
-    let seqs: Vec<u64> = t["windows"]
-        .as_array()
-        .unwrap()
+    assert_eq!(t["device"]["status"], "monitoring");
+    assert_activity_free(&t);
+    let windows = t["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 22, "every window of user0");
+    let stored = server.store().await;
+    let timeline = stored.timeline(a).await.unwrap();
+    let scores: Vec<Option<f64>> = timeline
         .iter()
-        .map(|w| w["seq"].as_u64().unwrap())
+        .map(|e| e.score.as_ref().and_then(|s| s.score))
         .collect();
-    assert_eq!(seqs, (1..=22).collect::<Vec<u64>>());
+    let shown: Vec<Option<f64>> = windows.iter().map(|w| w["score"].as_f64()).collect();
+    // In order, one per window (JSON text rounds the last digit).
+    let same = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * y.abs().max(1.0),
+        (x, y) => x.is_none() && y.is_none(),
+    };
     assert!(
-        !body.contains("hold") && !body.contains("keyboard\":["),
+        shown.len() == scores.len() && shown.iter().zip(&scores).all(|(x, y)| same(*x, *y)),
+        "{shown:?} != {scores:?}"
+    );
+    assert_eq!(t["first_ms"], timeline[0].created_ms);
+    assert_eq!(t["last_ms"], timeline[21].created_ms);
+    assert!(
+        !body.contains("hold") && !body.contains("keyboard"),
         "no feature values"
     );
     let (_, _, body) = get(
@@ -403,9 +419,26 @@ async fn the_admin_api_needs_a_token_checks_queries_and_leaks_nothing_on(db: &Te
     .await;
     let t: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(t["device"]["device_id"], b.to_string());
-    assert_eq!(t["total_windows"], 8);
+    assert_activity_free(&t);
     assert_eq!(t["windows"].as_array().unwrap().len(), 3, "the last three");
-    assert_eq!(t["windows"][2]["seq"], 8);
+    let timeline = stored.timeline(b).await.unwrap();
+    assert_eq!(timeline.len(), 8);
+    assert_eq!(t["first_ms"], timeline[5].created_ms);
+    assert_eq!(t["last_ms"], timeline[7].created_ms);
+    stored.close().await;
+    let (_, _, body) = get(
+        &client,
+        &server,
+        "/dashboard/api/devices",
+        Auth::Bearer(ADMIN),
+    )
+    .await;
+    let devices: Value = serde_json::from_str(&body).unwrap();
+    let devices = devices["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 4);
+    for d in devices {
+        assert_eq!(keys(d), DEVICE_KEYS, "{d}");
+    }
     for (device, kinds) in [(a, vec!["trust"]), (b, vec!["injection"])] {
         let (_, _, body) = get(
             &client,
@@ -454,7 +487,8 @@ async fn the_admin_api_needs_a_token_checks_queries_and_leaks_nothing_on(db: &Te
         .iter()
         .find(|u| u["device_id"] == a.to_string())
         .unwrap();
-    assert_eq!(user0["trust_seq"], 22);
+    assert!(user0.get("trust_seq").is_none(), "no window count: {user0}");
+    assert_eq!(user0["status"], "monitoring");
     assert_eq!(user0["alerts"], 1);
     assert!(user0["trust"].as_f64().unwrap() <= 100.0);
     let evil = users
@@ -464,6 +498,153 @@ async fn the_admin_api_needs_a_token_checks_queries_and_leaks_nothing_on(db: &Te
     assert_eq!(evil["os_user"], EVIL_USER, "stored and answered as given");
     assert!(evil["trust"].is_null(), "never scored");
     server.stop().await;
+}
+
+/// The fields a device has in the dashboard's answers: no `records` (a count of what a person
+/// sent).
+const DEVICE_KEYS: [&str; 7] = [
+    "device_id",
+    "enrolled_ms",
+    "hostname",
+    "last_seen_ms",
+    "os_user",
+    "state",
+    "status",
+];
+
+/// An object's keys, sorted.
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort_unstable();
+    k
+}
+
+/// A timeline answer carries no activity figure: its device no record count, no total, and
+/// each window only its score, trust and alert marker.
+fn assert_activity_free(t: &Value) {
+    assert_eq!(
+        keys(t),
+        ["device", "first_ms", "last_ms", "lockout", "windows"],
+        "{t}"
+    );
+    assert_eq!(keys(&t["device"]), DEVICE_KEYS, "{t}");
+    for w in t["windows"].as_array().unwrap() {
+        assert_eq!(keys(w), ["alert", "score", "trust"], "{w}");
+    }
+}
+
+/// A device that sent nothing for `[devices] silent_after_secs` shows as `silent` in the
+/// devices and users lists and on its timeline, as `cadence-verifier devices` shows it.
+#[tokio::test]
+async fn devices_that_sent_nothing_for_too_long_show_as_silent() {
+    let test = "devices_that_sent_nothing_for_too_long_show_as_silent";
+    for db in TestDb::all(test).await {
+        eprintln!("backend: {}", db.label());
+        devices_that_sent_nothing_for_too_long_show_as_silent_on(&db).await;
+    }
+}
+
+async fn devices_that_sent_nothing_for_too_long_show_as_silent_on(db: &TestDb) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use cadence_verifier::dashboard::{self, DashboardState};
+    use cadence_verifier::metrics::Metrics;
+    use cadence_verifier::store::{HeartbeatUpdate, NewDevice, Store};
+    use cadence_wire::DeviceSigningKey;
+    use cadence_wire::records::MonitoringState;
+    use hyper::service::Service;
+    use hyper_util::service::TowerToHyperService;
+    use std::sync::Arc;
+
+    const SILENT_AFTER_SECS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.database(dir.path())).await.unwrap();
+    let now = cadence_verifier::api::now_ms();
+    let enroll = |user: &'static str, at_ms: u64| {
+        let store = store.clone();
+        async move {
+            let key = DeviceSigningKey::generate().unwrap();
+            let device = NewDevice {
+                public_key: key.public_key(),
+                os_user: user,
+                hostname: "desk",
+            };
+            store
+                .enroll(&device, DeviceId::random().unwrap(), at_ms)
+                .await
+                .unwrap()
+        }
+    };
+    let heartbeat = |at_ms: u64| HeartbeatUpdate {
+        created_ms: at_ms,
+        state: MonitoringState::Monitoring,
+        queued: 0,
+    };
+    // Monitoring, and last heard from a minute ago: within the limit.
+    let live = enroll("live", now - 3_600_000).await;
+    store
+        .commit(live, now - 60_000, &[], &[heartbeat(now - 60_000)])
+        .await
+        .unwrap();
+    // Monitoring when last heard from, but that was an hour ago: silent.
+    let gone = enroll("gone", now - 7_200_000).await;
+    store
+        .commit(gone, now - 3_600_000, &[], &[heartbeat(now - 3_600_000)])
+        .await
+        .unwrap();
+    // Enrolled an hour ago and never heard from since: silent too.
+    let never = enroll("never", now - 3_600_000).await;
+
+    let state = Arc::new(DashboardState {
+        store: store.clone(),
+        metrics: Arc::new(Metrics::default()),
+        auth: AdminAuth::new(&[SecretToken::new(ADMIN)], &[]).unwrap(),
+        lockout: 50.0,
+        silent_after_secs: SILENT_AFTER_SECS,
+    });
+    let service = TowerToHyperService::new(dashboard::router(state));
+    let get = |path: String| {
+        let request = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .unwrap();
+        let call = service.call(request);
+        async move {
+            let response = call.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    let expected = [
+        (live, "monitoring", "monitoring"),
+        (gone, "monitoring", "silent"),
+        (never, "", "silent"),
+    ];
+    let devices = get("/dashboard/api/devices".to_owned()).await;
+    let users = get("/dashboard/api/users".to_owned()).await;
+    for (device, reported, status) in expected {
+        let id = device.to_string();
+        let find = |list: &Value, key: &str| {
+            list[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["device_id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let d = find(&devices, "devices");
+        assert_eq!(d["status"], status, "{d}");
+        assert_eq!(d["state"].as_str().unwrap_or(""), reported, "{d}");
+        assert_eq!(find(&users, "users")["status"], status);
+        let t = get(format!("/dashboard/api/timeline?device={id}")).await;
+        assert_eq!(t["device"]["status"], status, "{t}");
+    }
+    store.close().await;
 }
 
 #[tokio::test]

@@ -374,6 +374,7 @@ async fn readyz_says_when_the_database_does_not_answer() {
         metrics: Arc::new(Metrics::default()),
         auth: AdminAuth::new(&[], &[]).unwrap(),
         lockout: 50.0,
+        silent_after_secs: 300,
     });
     let service = TowerToHyperService::new(dashboard::router(state));
     let ready = || async {

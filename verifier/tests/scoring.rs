@@ -610,7 +610,12 @@ async fn a_delivery_is_given_up_after_fifteen_attempts() {
             next_attempt_ms: 0,
             error: "test".to_owned(),
         };
-        store.record_delivery(id, &url, &retry).await.unwrap();
+        let due = store
+            .due_deliveries(u64::MAX, std::slice::from_ref(&url), 1)
+            .await
+            .unwrap();
+        assert_eq!(due[0].alert.id, id);
+        assert!(store.record_delivery(&due[0], &retry).await.unwrap());
     }
     assert_eq!(
         store.alerts(None).await.unwrap()[0].deliveries[0].attempts,

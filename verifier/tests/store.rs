@@ -159,6 +159,89 @@ async fn enrolling_a_key_twice_gives_the_same_device() {
 }
 
 #[tokio::test]
+async fn one_device_and_its_last_windows_are_read_without_the_rest() {
+    async fn case(o: &Opened) {
+        let s = &o.store;
+        let d = enroll(s, "alice").await;
+        let quiet = enroll(s, "bob").await;
+        let mut records: Vec<NewRecord> = (1..=10).map(window).collect();
+        records.push(consent(11, Decision::Granted, 20_000));
+        records.push(window(12));
+        s.commit(d, 7_000, &records, &[]).await.unwrap();
+
+        let one = s.device(d).await.unwrap().unwrap();
+        let listed = s.devices().await.unwrap();
+        let listed = listed.iter().find(|x| x.device_id == d).unwrap();
+        assert_eq!(&one, listed, "the same summary as the list's");
+        assert_eq!((one.os_user.as_str(), one.records), ("alice", 12));
+        assert_eq!(s.device(quiet).await.unwrap().unwrap().records, 0);
+        assert_eq!(s.device(DeviceId::random().unwrap()).await.unwrap(), None);
+
+        let seqs = |t: Vec<cadence_verifier::store::TimelineEntry>| -> Vec<u64> {
+            t.iter().map(|e| e.seq).collect()
+        };
+        // The last windows only (records of other kinds are not windows), oldest first.
+        assert_eq!(seqs(s.timeline_tail(d, 3).await.unwrap()), [9, 10, 12]);
+        assert_eq!(seqs(s.timeline_tail(d, 1).await.unwrap()), [12]);
+        let all = seqs(s.timeline(d).await.unwrap());
+        assert_eq!(all, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]);
+        assert_eq!(seqs(s.timeline_tail(d, 5000).await.unwrap()), all);
+        assert!(s.timeline_tail(quiet, 5).await.unwrap().is_empty());
+    }
+    each_backend!(
+        "one_device_and_its_last_windows_are_read_without_the_rest",
+        case
+    );
+}
+
+/// Replicas starting together on a fresh PostgreSQL database: the advisory lock makes one
+/// apply the migrations while the other waits, then finds them applied. Without it, both
+/// would create the same tables at once and one would fail. Several fresh databases, so an
+/// unlucky interleaving has more than one chance to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_apply_each_migration_once() {
+    use sqlx::Connection;
+    let test = "replicas_starting_together_apply_each_migration_once";
+    for round in 0..3 {
+        let Some(db) = TestDb::postgres(test).await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let database = db.database(dir.path());
+        let (a, b) = tokio::join!(Store::open(&database), Store::open(&database));
+        let (a, b) = (
+            a.unwrap_or_else(|e| panic!("round {round}, first replica: {e}")),
+            b.unwrap_or_else(|e| panic!("round {round}, second replica: {e}")),
+        );
+        let TestDb::Postgres { url, .. } = &db else {
+            unreachable!("TestDb::postgres gives PostgreSQL")
+        };
+        let mut conn = sqlx::PgConnection::connect(url.expose()).await.unwrap();
+        let applied: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT version, COUNT(*) FROM cadence_schema GROUP BY version ORDER BY version",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        assert!(applied.len() >= 2, "round {round}: {applied:?}");
+        for (i, (version, times)) in applied.iter().enumerate() {
+            assert_eq!(*version, i as i64 + 1, "round {round}: {applied:?}");
+            assert_eq!(
+                *times, 1,
+                "round {round}: version {version} recorded {times} times"
+            );
+        }
+        // Both work on the one schema.
+        let d = enroll(&a, "alice").await;
+        b.commit(d, 1, &[window(1)], &[]).await.unwrap();
+        assert_eq!(a.records(d, Kind::Features).await.unwrap().len(), 1);
+        a.close().await;
+        b.close().await;
+    }
+}
+
+#[tokio::test]
 async fn each_sequence_number_is_stored_once() {
     async fn case(o: &Opened) {
         let s = &o.store;
@@ -336,19 +419,22 @@ async fn gaps_and_guard_alerts_are_stored_with_their_deliveries() {
         assert_eq!(due[0].alert.id, a.id);
         assert_eq!(due[0].attempts, 0);
         let (first, second) = (due[0].url.clone(), due[1].url.clone());
-        s.record_delivery(a.id, &first, &DeliveryOutcome::Delivered { at_ms: 5_001 })
+        assert!(
+            s.record_delivery(&due[0], &DeliveryOutcome::Delivered { at_ms: 5_001 })
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.record_delivery(
+                &due[1],
+                &DeliveryOutcome::Retry {
+                    next_attempt_ms: 9_000,
+                    error: "503".to_owned(),
+                },
+            )
             .await
-            .unwrap();
-        s.record_delivery(
-            a.id,
-            &second,
-            &DeliveryOutcome::Retry {
-                next_attempt_ms: 9_000,
-                error: "503".to_owned(),
-            },
-        )
-        .await
-        .unwrap();
+            .unwrap()
+        );
         assert_eq!(s.next_delivery_ms(&hooks).await.unwrap(), Some(9_000));
         assert!(
             s.due_deliveries(8_999, &hooks, 10)
@@ -361,8 +447,7 @@ async fn gaps_and_guard_alerts_are_stored_with_their_deliveries() {
         assert_eq!(due[0].url, second);
         assert_eq!(due[0].attempts, 1);
         s.record_delivery(
-            a.id,
-            &second,
+            &due[0],
             &DeliveryOutcome::GaveUp {
                 error: "gone".to_owned(),
             },
@@ -380,6 +465,62 @@ async fn gaps_and_guard_alerts_are_stored_with_their_deliveries() {
     }
     each_backend!(
         "gaps_and_guard_alerts_are_stored_with_their_deliveries",
+        case
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_is_recorded_only_by_the_attempt_that_holds_it() {
+    async fn case(o: &Opened) {
+        let s = &o.store;
+        let d = enroll(s, "alice").await;
+        let hooks = vec!["https://a.example/h".to_owned()];
+        let alert = NewRecord {
+            seq: 1,
+            kind: Kind::Alert,
+            created_ms: 100,
+            payload: "{\"injection\":true}".to_owned(),
+            envelope_sha256: [1; 32],
+            effect: Effect::Alert {
+                webhooks: hooks.clone(),
+            },
+        };
+        s.commit(d, 1_000, &[alert], &[]).await.unwrap();
+        // This replica takes the delivery, then stalls past its lease; another one takes it
+        // over (SQLite has no lease: one process, the same row again) and delivers it.
+        let stale = s.due_deliveries(5_000, &hooks, 10).await.unwrap().remove(0);
+        let other = o.another().await;
+        let later = 5_000 + 3_600_000;
+        let taken = other.due_deliveries(later, &hooks, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "due again once the lease ran out");
+        let delivered = DeliveryOutcome::Delivered { at_ms: later + 1 };
+        assert!(other.record_delivery(&taken[0], &delivered).await.unwrap());
+        // The stalled attempt ends late: it must neither undo the delivery nor count again.
+        let retry = DeliveryOutcome::Retry {
+            next_attempt_ms: later + 2,
+            error: "timed out".to_owned(),
+        };
+        assert!(!s.record_delivery(&stale, &retry).await.unwrap());
+        assert!(!other.record_delivery(&taken[0], &delivered).await.unwrap());
+        let gave_up = DeliveryOutcome::GaveUp {
+            error: "late".to_owned(),
+        };
+        assert!(!s.record_delivery(&stale, &gave_up).await.unwrap());
+        let row = s.alerts(Some(d)).await.unwrap()[0].deliveries[0].clone();
+        assert_eq!(row.delivered_ms, Some(later + 1), "the delivery stands");
+        assert_eq!(row.attempts, 1);
+        assert!(!row.failed);
+        assert_eq!(row.last_error, None);
+        assert!(
+            s.due_deliveries(u64::MAX, &hooks, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        other.close().await;
+    }
+    each_backend!(
+        "a_delivery_is_recorded_only_by_the_attempt_that_holds_it",
         case
     );
 }

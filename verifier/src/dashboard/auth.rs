@@ -15,7 +15,9 @@
 //! epoch) after which it is refused, and `MAC` the lowercase hex HMAC-SHA256 of
 //! `cadence-dashboard-session v1 EXPIRES` under a key derived from the admin token that signed
 //! in (SHA-256 of `cadence dashboard session key v1`, a NUL byte, and the token). Removing a
-//! token from the configuration ends its sessions; a session lasts [`SESSION_MS`] at most.
+//! token from the configuration ends its sessions; a session lasts [`SESSION_MS`] at most (a
+//! replica accepts an expiry up to [`CLOCK_SLACK_MS`] further away, for clock differences
+//! between replicas).
 //! Sent with `Path=/dashboard; HttpOnly; Secure; SameSite=Strict`: scripts cannot read it and
 //! no other site can make the browser send it.
 
@@ -30,6 +32,9 @@ use crate::keys::hex;
 pub const COOKIE: &str = "cadence_session";
 /// How long a dashboard session lasts: a working day.
 pub const SESSION_MS: u64 = 8 * 60 * 60 * 1000;
+/// How far ahead of this replica's clock another replica's clock may be: a cookie it signed
+/// may expire up to this much later than [`SESSION_MS`] from now here and is still accepted.
+pub const CLOCK_SLACK_MS: u64 = 5 * 60 * 1000;
 
 /// The configured tokens, ready to compare against.
 pub struct AdminAuth {
@@ -130,7 +135,11 @@ impl AdminAuth {
         let Some(mac) = unhex(mac) else {
             return false;
         };
-        if expires <= now_ms || expires > now_ms.saturating_add(SESSION_MS) {
+        // Never longer than a session from now, give or take the replicas' clock difference.
+        let latest = now_ms
+            .saturating_add(SESSION_MS)
+            .saturating_add(CLOCK_SLACK_MS);
+        if expires <= now_ms || expires > latest {
             return false;
         }
         let message = session_message(expires);
@@ -225,6 +234,12 @@ mod tests {
         assert!(!a.session_valid(&cookie, now + SESSION_MS));
         // Another replica with the same configuration accepts it; without the token, none does.
         assert!(auth(&[OTHER, ADMIN]).session_valid(&cookie, now));
+        // Even when that replica's clock is a few minutes behind the one that signed it in;
+        // a cookie claiming to last longer than a session plus that slack is refused.
+        let ahead = a.sign_in(ADMIN, now + CLOCK_SLACK_MS).unwrap();
+        assert!(auth(&[ADMIN]).session_valid(&ahead, now));
+        let too_far = a.sign_in(ADMIN, now + CLOCK_SLACK_MS + 1).unwrap();
+        assert!(!a.session_valid(&too_far, now));
         assert!(!auth(&[OTHER]).session_valid(&cookie, now));
         // A stretched expiry or an altered MAC is refused.
         let parts: Vec<&str> = cookie.split('.').collect();

@@ -9,17 +9,22 @@
 //! with another device's data than the one whose full id was asked for, and never shows a
 //! feature value, a token or a whole webhook URL.
 //!
+//! Identity assurance only, never productivity: no answer carries how much a person typed or
+//! when (no record or window counts, no per-window times). A timeline gives each window's
+//! score, trust and alert marker in order, and only the first and last window's time for the
+//! chart's axis.
+//!
 //! | request | who | answer |
 //! |---|---|---|
-//! | `GET /readyz` | anyone | 200 when the database answers (the keys are loaded before serving starts); 503 otherwise |
+//! | `GET /readyz` | anyone | 200 when the database answers within [`READY_TIMEOUT`] (the keys are loaded before serving starts); 503 otherwise |
 //! | `GET /metrics` | `Authorization: Bearer` admin or metrics token | Prometheus text ([`crate::metrics`]); 401 otherwise |
 //! | `GET /dashboard/login`, `POST /dashboard/login` (form field `token`) | anyone | the sign-in page; a good admin token sets the session cookie and redirects (303) to `/dashboard/`; a wrong one is 401 |
 //! | `POST /dashboard/logout` | anyone | clears the cookie, 303 to the sign-in page |
 //! | `GET /dashboard/`, `/dashboard/alerts`, `/dashboard/consent`, `/dashboard/user` | session cookie or bearer admin token | the page; 401 with the sign-in page otherwise |
 //! | `GET /dashboard/assets/…` | anyone | the fixed CSS, script and icon |
-//! | `GET /dashboard/api/devices` | as pages | every device and its monitoring state |
-//! | `GET /dashboard/api/users` | as pages | per device (a baseline is per user and device): user, host, state, trust, last score, alerts |
-//! | `GET /dashboard/api/timeline?device=ID[&limit=N]` | as pages | the device's last N windows (default 500) with score, trust, alert |
+//! | `GET /dashboard/api/devices` | as pages | every device, its last reported state and its status (`silent` when nothing arrived for `[devices] silent_after_secs`, as `cadence-verifier devices` shows it) |
+//! | `GET /dashboard/api/users` | as pages | per device (a baseline is per user and device): user, host, state, status, trust, last score, alerts |
+//! | `GET /dashboard/api/timeline?device=ID[&limit=N]` | as pages | the device; its last N windows (default 500) in order, each only with score, trust and alert; the first and last shown window's time |
 //! | `GET /dashboard/api/alerts[?device=ID][&limit=N]` | as pages | alerts, newest first, with evidence |
 //! | `GET /dashboard/api/consent[?device=ID][&limit=N]` | as pages | consent decisions, newest first |
 //!
@@ -49,7 +54,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::api::now_ms;
-use crate::cli::AlertJson;
+use crate::cli::{AlertJson, device_status};
 use crate::metrics::Metrics;
 use crate::store::{DeviceSummary, Store, TimelineEntry};
 use auth::{AdminAuth, COOKIE, SESSION_MS, bearer, cookie};
@@ -67,6 +72,9 @@ pub const DEFAULT_TIMELINE_LIMIT: u32 = 500;
 pub const DEFAULT_LIST_LIMIT: u32 = 200;
 /// Largest sign-in form body.
 const MAX_LOGIN_BYTES: usize = 4096;
+/// How long `/readyz` waits for the database before answering 503: a load balancer polling
+/// it must learn of a dead database quickly, not after the pool's acquire timeout.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 const PAGE_HTML: &str = include_str!("assets/page.html");
 const LOGIN_HTML: &str = include_str!("assets/login.html");
@@ -88,6 +96,9 @@ pub struct DashboardState {
     pub auth: AdminAuth,
     /// The trust lockout, drawn as a line on the chart.
     pub lockout: f64,
+    /// `[devices] silent_after_secs`: a device that sent nothing for this long shows as
+    /// `silent` ([`device_status`]).
+    pub silent_after_secs: u64,
 }
 
 /// The dashboard's, `/metrics`' and `/readyz`'s routes over `state`, to merge with the API's.
@@ -292,7 +303,10 @@ fn login_html(status: StatusCode, message: &'static str) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<DashboardState>>) -> Response {
-    match state.store.ping().await {
+    let answered = tokio::time::timeout(READY_TIMEOUT, state.store.ping())
+        .await
+        .unwrap_or_else(|_| Err(Error::Busy));
+    match answered {
         Ok(()) => json(&serde_json::json!({"database": "ok", "keys": "ok"})),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: the database does not answer");
@@ -485,12 +499,12 @@ fn admin_query(
     parse_query(raw, allowed).map_err(|why| Refused::new(StatusCode::BAD_REQUEST, why))
 }
 
-/// The device asked for, or 404 when no device has that id.
+/// The device asked for (one key lookup), or 404 when no device has that id.
 async fn known_device(store: &Store, device: DeviceId) -> Result<DeviceSummary, Refused> {
-    let devices = store.devices().await.map_err(Refused::store)?;
-    devices
-        .into_iter()
-        .find(|d| d.device_id == device)
+    store
+        .device(device)
+        .await
+        .map_err(Refused::store)?
         .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, "no such device"))
 }
 
@@ -503,9 +517,44 @@ async fn device_exists(store: &Store, device: DeviceId) -> Result<(), Refused> {
     }
 }
 
+/// A device as the dashboard shows it: who and where, its monitoring state and status.
+/// Deliberately not [`DeviceSummary`]: no record count, nothing that measures activity.
+#[derive(Debug, Serialize)]
+struct DeviceJson {
+    device_id: DeviceId,
+    os_user: String,
+    hostname: String,
+    enrolled_ms: u64,
+    /// When an envelope (a heartbeat is enough) last arrived: liveness, not activity.
+    last_seen_ms: Option<u64>,
+    /// The monitoring state the agent last reported.
+    state: Option<String>,
+    /// What `cadence-verifier devices` shows: that state, or `silent` ([`device_status`]).
+    status: &'static str,
+}
+
+impl DeviceJson {
+    fn new(d: DeviceSummary, now_ms: u64, silent_after_secs: u64) -> DeviceJson {
+        DeviceJson {
+            status: device_status(&d, now_ms, silent_after_secs),
+            device_id: d.device_id,
+            os_user: d.os_user,
+            hostname: d.hostname,
+            enrolled_ms: d.enrolled_ms,
+            last_seen_ms: d.last_seen_ms,
+            state: d.state,
+        }
+    }
+}
+
 async fn api_devices(State(state): Shared, headers: HeaderMap, RawQuery(raw): RawQuery) -> Answer {
     admin_query(&state, &headers, raw.as_deref(), &[])?;
     let devices = state.store.devices().await.map_err(Refused::store)?;
+    let now = now_ms();
+    let devices: Vec<DeviceJson> = devices
+        .into_iter()
+        .map(|d| DeviceJson::new(d, now, state.silent_after_secs))
+        .collect();
     Ok(json(&serde_json::json!({ "devices": devices })))
 }
 
@@ -516,11 +565,12 @@ struct UserJson {
     os_user: String,
     hostname: String,
     state: Option<String>,
+    /// As [`DeviceJson::status`].
+    status: &'static str,
     last_seen_ms: Option<u64>,
     /// Trust after the newest window that moved it; `None` before any did.
     trust: Option<f64>,
-    /// That window's sequence number, time and score.
-    trust_seq: Option<u64>,
+    /// That window's time and score (not its sequence number: a count of what was sent).
     trust_ms: Option<u64>,
     score: Option<f64>,
     alerts: usize,
@@ -532,11 +582,13 @@ async fn api_users(State(state): Shared, headers: HeaderMap, RawQuery(raw): RawQ
     let devices = store.devices().await.map_err(Refused::store)?;
     let trust = store.trust_levels().await.map_err(Refused::store)?;
     let alerts = store.alerts(None).await.map_err(Refused::store)?;
+    let now = now_ms();
     let users: Vec<UserJson> = devices
         .into_iter()
         .map(|d| {
             let t = trust.iter().find(|t| t.device_id == d.device_id);
             UserJson {
+                status: device_status(&d, now, state.silent_after_secs),
                 alerts: alerts.iter().filter(|a| a.device_id == d.device_id).count(),
                 device_id: d.device_id,
                 os_user: d.os_user,
@@ -544,7 +596,6 @@ async fn api_users(State(state): Shared, headers: HeaderMap, RawQuery(raw): RawQ
                 state: d.state,
                 last_seen_ms: d.last_seen_ms,
                 trust: t.map(|t| t.trust),
-                trust_seq: t.map(|t| t.seq),
                 trust_ms: t.map(|t| t.created_ms),
                 score: t.and_then(|t| t.score),
             }
@@ -553,42 +604,21 @@ async fn api_users(State(state): Shared, headers: HeaderMap, RawQuery(raw): RawQ
     Ok(json(&serde_json::json!({ "users": users })))
 }
 
-/// One window on the timeline: scores and trust, never feature values.
+/// One window on the timeline: only what the chart draws. Its place in the list is its
+/// order; no sequence number (a count of what was sent) and no time (when someone worked).
 #[derive(Debug, Serialize)]
 struct WindowJson {
-    seq: u64,
-    created_ms: u64,
-    received_ms: u64,
-    /// `scored`, `enrolling`, `rejected`, `pending` or `unscored`.
-    state: &'static str,
     score: Option<f64>,
-    keyboard: Option<f64>,
-    mouse: Option<f64>,
     trust: Option<f64>,
-    calibrated: bool,
     alert: bool,
 }
 
 impl From<&TimelineEntry> for WindowJson {
     fn from(e: &TimelineEntry) -> WindowJson {
         let s = e.score.as_ref();
-        let state = match s {
-            None => "pending",
-            Some(s) if s.rejected.is_some() => "rejected",
-            Some(s) if s.score.is_some() => "scored",
-            Some(s) if s.enrolling.is_some() => "enrolling",
-            Some(_) => "unscored",
-        };
         WindowJson {
-            seq: e.seq,
-            created_ms: e.created_ms,
-            received_ms: e.received_ms,
-            state,
             score: s.and_then(|s| s.score),
-            keyboard: s.and_then(|s| s.keyboard),
-            mouse: s.and_then(|s| s.mouse),
             trust: s.and_then(|s| s.trust),
-            calibrated: s.is_some_and(|s| s.calibrated),
             alert: s.is_some_and(|s| s.alert),
         }
     }
@@ -603,14 +633,19 @@ async fn api_timeline(State(state): Shared, headers: HeaderMap, RawQuery(raw): R
         )
     })?;
     let summary = known_device(&state.store, device).await?;
-    let entries = state.store.timeline(device).await.map_err(Refused::store)?;
-    let limit = q.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT) as usize;
-    let skip = entries.len().saturating_sub(limit);
-    let windows: Vec<WindowJson> = entries[skip..].iter().map(WindowJson::from).collect();
+    let limit = q.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT);
+    let entries = state
+        .store
+        .timeline_tail(device, limit)
+        .await
+        .map_err(Refused::store)?;
+    let windows: Vec<WindowJson> = entries.iter().map(WindowJson::from).collect();
     Ok(json(&serde_json::json!({
-        "device": summary,
+        "device": DeviceJson::new(summary, now_ms(), state.silent_after_secs),
         "lockout": state.lockout,
-        "total_windows": entries.len(),
+        // The axis labels: when the first and the last window shown closed (device clock).
+        "first_ms": entries.first().map(|e| e.created_ms),
+        "last_ms": entries.last().map(|e| e.created_ms),
         "windows": windows,
     })))
 }

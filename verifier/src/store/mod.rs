@@ -310,6 +310,9 @@ pub struct Delivery {
     pub url: String,
     /// Attempts made so far.
     pub attempts: u32,
+    /// The row's `next_attempt_ms` as taking it left it (PostgreSQL: the end of this
+    /// replica's lease). [`Store::record_delivery`] writes only while it is unchanged.
+    pub lease_ms: u64,
 }
 
 /// What one delivery attempt came to.
@@ -486,6 +489,14 @@ impl Store {
         }
     }
 
+    /// One enrolled device (one key lookup), or `None` when no device has that id.
+    pub async fn device(&self, device: DeviceId) -> Result<Option<DeviceSummary>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.device(device).await,
+            Backend::Postgres(s) => s.device(device).await,
+        }
+    }
+
     /// Whether a device is enrolled.
     pub async fn device_exists(&self, device: DeviceId) -> Result<bool, Error> {
         Ok(self.device_key(device).await?.is_some())
@@ -626,8 +637,21 @@ impl Store {
     /// Every features window of `device`, by sequence number, with its score row.
     pub async fn timeline(&self, device: DeviceId) -> Result<Vec<TimelineEntry>, Error> {
         match &self.backend {
-            Backend::Sqlite(s) => s.timeline(device).await,
-            Backend::Postgres(s) => s.timeline(device).await,
+            Backend::Sqlite(s) => s.timeline(device, None).await,
+            Backend::Postgres(s) => s.timeline(device, None).await,
+        }
+    }
+
+    /// The last `n` features windows of `device` (fewer when it has fewer), by sequence
+    /// number, with their score rows; the database reads only those.
+    pub async fn timeline_tail(
+        &self,
+        device: DeviceId,
+        n: u32,
+    ) -> Result<Vec<TimelineEntry>, Error> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.timeline(device, Some(n)).await,
+            Backend::Postgres(s) => s.timeline(device, Some(n)).await,
         }
     }
 
@@ -652,16 +676,18 @@ impl Store {
         }
     }
 
-    /// Records the outcome of one delivery attempt (counts the attempt).
+    /// Records the outcome of one attempt at a delivery taken by [`Store::due_deliveries`]
+    /// (counts the attempt), unless the row moved on since it was taken: delivered or given
+    /// up, or taken again by another replica after this one's lease ran out. Returns whether
+    /// it was recorded.
     pub async fn record_delivery(
         &self,
-        alert_id: u64,
-        url: &str,
+        delivery: &Delivery,
         outcome: &DeliveryOutcome,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         match &self.backend {
-            Backend::Sqlite(s) => s.record_delivery(alert_id, url, outcome).await,
-            Backend::Postgres(s) => s.record_delivery(alert_id, url, outcome).await,
+            Backend::Sqlite(s) => s.record_delivery(delivery, outcome).await,
+            Backend::Postgres(s) => s.record_delivery(delivery, outcome).await,
         }
     }
 }

@@ -21,7 +21,10 @@
 //!   transactions short and gives the same guarantee: no update is lost, none applied twice.
 //! - **Webhook deliveries**: taking due rows moves them a lease ([`DELIVERY_LEASE`]) ahead in
 //!   the same statement (`FOR UPDATE SKIP LOCKED`), so two replicas never post one delivery at
-//!   once; a replica that dies mid-attempt leaves the row due again when the lease ends.
+//!   once; a replica that dies mid-attempt leaves the row due again when the lease ends. An
+//!   attempt's outcome is written only while the row is still undelivered, not given up, and
+//!   under the lease that attempt took (`next_attempt_ms` unchanged), so a replica that
+//!   outlived its lease can neither undo another's delivery nor count an attempt twice.
 //! - **Migrations**: one transaction under a transaction-level advisory lock, so replicas
 //!   starting together apply each migration once.
 //! - **Key material** stays in each replica's files; the database records the first
@@ -36,7 +39,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cadence_wire::{DeviceId, DevicePublicKey, Kind};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, Row};
 
 use super::{
@@ -82,14 +85,21 @@ pub(super) struct PostgresStore {
 impl PostgresStore {
     /// Connects; with `create`, brings the schema up to date, else requires it to be there.
     pub(super) async fn open(url: &PostgresUrl, create: bool) -> Result<PostgresStore, Error> {
-        let options = PgConnectOptions::from_str(url.expose())?
+        // This build has no TLS for PostgreSQL: say so to the driver rather than let its
+        // default (`prefer`, or `PGSSLMODE`) quietly mean plaintext (`config::PostgresUrl`
+        // accepts only `sslmode=disable`).
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(Error::Database)?
+            .ssl_mode(PgSslMode::Disable)
             .application_name("cadence-verifier")
             .options([("synchronous_commit", "on")]);
+        // A server that cannot be reached at start is a configuration problem, not "busy".
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(Error::Database)?;
         if create {
             migrate(&pool).await?;
         } else {
@@ -285,19 +295,20 @@ impl PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceSummary {
-                    device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
-                    os_user: r.try_get("os_user")?,
-                    hostname: r.try_get("hostname")?,
-                    enrolled_ms: ms_from_db(r.try_get("enrolled_ms")?),
-                    last_seen_ms: r.try_get::<Option<i64>, _>("last_seen_ms")?.map(ms_from_db),
-                    state: r.try_get("last_state")?,
-                    records: from_db_count(r.try_get("records")?),
-                })
-            })
-            .collect()
+        rows.iter().map(device_summary).collect()
+    }
+
+    pub(super) async fn device(&self, device: DeviceId) -> Result<Option<DeviceSummary>, Error> {
+        let row = sqlx::query(
+            "SELECT d.device_id, d.os_user, d.hostname, d.enrolled_ms, d.last_seen_ms,
+                    d.last_state,
+                    (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) AS records
+             FROM devices d WHERE d.device_id = $1",
+        )
+        .bind(device.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(device_summary).transpose()
     }
 
     pub(super) async fn records_page(
@@ -548,20 +559,27 @@ impl PostgresStore {
         Ok(alerts)
     }
 
-    pub(super) async fn timeline(&self, device: DeviceId) -> Result<Vec<TimelineEntry>, Error> {
+    pub(super) async fn timeline(
+        &self,
+        device: DeviceId,
+        last: Option<u32>,
+    ) -> Result<Vec<TimelineEntry>, Error> {
+        // Newest first so that LIMIT keeps the last ones (NULL: all), turned round below.
         let rows = sqlx::query(
             "SELECT r.seq, r.created_ms, r.received_ms, s.seq IS NOT NULL AS scored, s.keyboard,
                     s.mouse, s.score, s.calibrated, s.trust, s.alert, s.enrolling, s.rejected
              FROM records r
              LEFT JOIN scores s ON s.device_id = r.device_id AND s.seq = r.seq
              WHERE r.device_id = $1 AND r.kind = $2
-             ORDER BY r.seq",
+             ORDER BY r.seq DESC LIMIT $3",
         )
         .bind(device.to_string())
         .bind(Kind::Features.as_str())
+        .bind(last.map(i64::from))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
+            .rev()
             .map(|r| {
                 let seq = seq_from_db(r.try_get("seq")?);
                 let created_ms = ms_from_db(r.try_get("created_ms")?);
@@ -617,11 +635,11 @@ impl PostgresStore {
              leased AS (
                  UPDATE webhook_outbox o SET next_attempt_ms = $4
                  FROM taken t WHERE o.alert_id = t.alert_id AND o.url = t.url
-                 RETURNING o.alert_id, o.url, o.attempts
+                 RETURNING o.alert_id, o.url, o.attempts, o.next_attempt_ms
              )
              SELECT ",
             alert_columns!(),
-            ", l.url, l.attempts
+            ", l.url, l.attempts, l.next_attempt_ms
              FROM leased l
              JOIN alerts a ON a.id = l.alert_id
              JOIN devices d ON d.device_id = a.device_id
@@ -639,6 +657,7 @@ impl PostgresStore {
                     alert: alert_summary(r)?,
                     url: r.try_get("url")?,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    lease_ms: ms_from_db(r.try_get("next_attempt_ms")?),
                 })
             })
             .collect()
@@ -660,10 +679,9 @@ impl PostgresStore {
 
     pub(super) async fn record_delivery(
         &self,
-        alert_id: u64,
-        url: &str,
+        delivery: &Delivery,
         outcome: &DeliveryOutcome,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (delivered, next, failed, error) = match outcome {
             DeliveryOutcome::Delivered { at_ms } => (Some(ms_to_db(*at_ms)), None, false, None),
             DeliveryOutcome::Retry {
@@ -672,23 +690,29 @@ impl PostgresStore {
             } => (None, Some(ms_to_db(*next_attempt_ms)), false, Some(error)),
             DeliveryOutcome::GaveUp { error } => (None, None, true, Some(error)),
         };
-        sqlx::query(
+        // Only while the row is still this attempt's: not completed by anyone, and still
+        // under the lease this replica took (a replica whose lease ran out while it posted
+        // must not undo the delivery another replica made since, nor move its lease).
+        let updated = sqlx::query(
             "UPDATE webhook_outbox SET attempts = attempts + 1,
                 delivered_ms = $3,
                 next_attempt_ms = COALESCE($4, next_attempt_ms),
                 failed = $5,
                 last_error = COALESCE($6, last_error)
-             WHERE alert_id = $1 AND url = $2",
+             WHERE alert_id = $1 AND url = $2 AND delivered_ms IS NULL AND NOT failed
+               AND next_attempt_ms = $7",
         )
-        .bind(ms_to_db(alert_id))
-        .bind(url)
+        .bind(ms_to_db(delivery.alert.id))
+        .bind(&delivery.url)
         .bind(delivered)
         .bind(next)
         .bind(failed)
         .bind(error)
+        .bind(ms_to_db(delivery.lease_ms))
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
     }
 }
 
@@ -764,6 +788,18 @@ impl PostgresStore {
             })
             .collect()
     }
+}
+
+fn device_summary(r: &PgRow) -> Result<DeviceSummary, Error> {
+    Ok(DeviceSummary {
+        device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+        os_user: r.try_get("os_user")?,
+        hostname: r.try_get("hostname")?,
+        enrolled_ms: ms_from_db(r.try_get("enrolled_ms")?),
+        last_seen_ms: r.try_get::<Option<i64>, _>("last_seen_ms")?.map(ms_from_db),
+        state: r.try_get("last_state")?,
+        records: from_db_count(r.try_get("records")?),
+    })
 }
 
 fn alert_summary(r: &PgRow) -> Result<AlertSummary, Error> {

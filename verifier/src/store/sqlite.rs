@@ -81,7 +81,9 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
-            .await?;
+            .await
+            // A file that cannot be opened at start is not "busy": say what failed.
+            .map_err(Error::Database)?;
         migrate(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
@@ -250,19 +252,20 @@ impl SqliteStore {
         )
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceSummary {
-                    device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
-                    os_user: r.try_get("os_user")?,
-                    hostname: r.try_get("hostname")?,
-                    enrolled_ms: ms_from_db(r.try_get("enrolled_ms")?),
-                    last_seen_ms: r.try_get::<Option<i64>, _>("last_seen_ms")?.map(ms_from_db),
-                    state: r.try_get("last_state")?,
-                    records: from_db_count(r.try_get("records")?),
-                })
-            })
-            .collect()
+        rows.iter().map(device_summary).collect()
+    }
+
+    pub(super) async fn device(&self, device: DeviceId) -> Result<Option<DeviceSummary>, Error> {
+        let row = sqlx::query(
+            "SELECT d.device_id, d.os_user, d.hostname, d.enrolled_ms, d.last_seen_ms,
+                    d.last_state,
+                    (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) AS records
+             FROM devices d WHERE d.device_id = ?1",
+        )
+        .bind(device.to_string())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(device_summary).transpose()
     }
 
     pub(super) async fn records_page(
@@ -515,20 +518,27 @@ impl SqliteStore {
         Ok(alerts)
     }
 
-    pub(super) async fn timeline(&self, device: DeviceId) -> Result<Vec<TimelineEntry>, Error> {
+    pub(super) async fn timeline(
+        &self,
+        device: DeviceId,
+        last: Option<u32>,
+    ) -> Result<Vec<TimelineEntry>, Error> {
+        // Newest first so that LIMIT keeps the last ones (-1: all), turned round below.
         let rows = sqlx::query(
             "SELECT r.seq, r.created_ms, r.received_ms, s.seq IS NOT NULL AS scored, s.keyboard,
                     s.mouse, s.score, s.calibrated, s.trust, s.alert, s.enrolling, s.rejected
              FROM records r
              LEFT JOIN scores s ON s.device_id = r.device_id AND s.seq = r.seq
              WHERE r.device_id = ?1 AND r.kind = ?2
-             ORDER BY r.seq",
+             ORDER BY r.seq DESC LIMIT ?3",
         )
         .bind(device.to_string())
         .bind(Kind::Features.as_str())
+        .bind(last.map_or(-1, i64::from))
         .fetch_all(&self.read)
         .await?;
         rows.iter()
+            .rev()
             .map(|r| {
                 let seq = seq_from_db(r.try_get("seq")?);
                 let created_ms = ms_from_db(r.try_get("created_ms")?);
@@ -573,7 +583,7 @@ impl SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             alert_columns!(),
-            ", o.url, o.attempts
+            ", o.url, o.attempts, o.next_attempt_ms
              FROM webhook_outbox o
              JOIN alerts a ON a.id = o.alert_id
              JOIN devices d ON d.device_id = a.device_id
@@ -592,6 +602,7 @@ impl SqliteStore {
                     alert: alert_summary(r)?,
                     url: r.try_get("url")?,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    lease_ms: ms_from_db(r.try_get("next_attempt_ms")?),
                 })
             })
             .collect()
@@ -614,10 +625,9 @@ impl SqliteStore {
 
     pub(super) async fn record_delivery(
         &self,
-        alert_id: u64,
-        url: &str,
+        delivery: &Delivery,
         outcome: &DeliveryOutcome,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (delivered, next, failed, error) = match outcome {
             DeliveryOutcome::Delivered { at_ms } => (Some(ms_to_db(*at_ms)), None, false, None),
             DeliveryOutcome::Retry {
@@ -626,25 +636,30 @@ impl SqliteStore {
             } => (None, Some(ms_to_db(*next_attempt_ms)), false, Some(error)),
             DeliveryOutcome::GaveUp { error } => (None, None, true, Some(error)),
         };
+        // Only while the row is as this attempt took it (one process writes here, but an
+        // attempt recorded twice must not count twice nor undo a delivery).
         let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE webhook_outbox SET attempts = attempts + 1,
                 delivered_ms = ?3,
                 next_attempt_ms = COALESCE(?4, next_attempt_ms),
                 failed = ?5,
                 last_error = COALESCE(?6, last_error)
-             WHERE alert_id = ?1 AND url = ?2",
+             WHERE alert_id = ?1 AND url = ?2 AND delivered_ms IS NULL AND failed = 0
+               AND next_attempt_ms = ?7",
         )
-        .bind(ms_to_db(alert_id))
-        .bind(url)
+        .bind(ms_to_db(delivery.alert.id))
+        .bind(&delivery.url)
         .bind(delivered)
         .bind(next)
         .bind(failed)
         .bind(error)
+        .bind(ms_to_db(delivery.lease_ms))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         tx.commit().await?;
-        Ok(())
+        Ok(updated == 1)
     }
 }
 
@@ -719,6 +734,18 @@ impl SqliteStore {
             })
             .collect()
     }
+}
+
+fn device_summary(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceSummary, Error> {
+    Ok(DeviceSummary {
+        device_id: parse_device_id(&r.try_get::<String, _>("device_id")?)?,
+        os_user: r.try_get("os_user")?,
+        hostname: r.try_get("hostname")?,
+        enrolled_ms: ms_from_db(r.try_get("enrolled_ms")?),
+        last_seen_ms: r.try_get::<Option<i64>, _>("last_seen_ms")?.map(ms_from_db),
+        state: r.try_get("last_state")?,
+        records: from_db_count(r.try_get("records")?),
+    })
 }
 
 fn alert_summary(r: &sqlx::sqlite::SqliteRow) -> Result<AlertSummary, Error> {

@@ -113,24 +113,24 @@
     ]);
     content.appendChild(el('h2', { text: 'Users and their current trust' }));
     content.appendChild(table(
-      ['user@host', 'state', 'trust', 'last score', 'as of window', 'alerts'],
+      ['user@host', 'status', 'trust', 'last score', 'as of', 'alerts'],
       users.users.map((u) => el('tr', {}, [
         userLink(u.device_id, u.os_user + '@' + u.hostname),
-        stateCell(u.state),
+        stateCell(u.status),
         cell(u.trust === null ? 'no score yet' : num(u.trust, 1), 'num' + (u.trust !== null && u.trust < 50 ? ' trust-low' : '')),
         cell(num(u.score, 2), 'num'),
-        cell(u.trust_seq === null ? '–' : '#' + u.trust_seq + ' ' + time(u.trust_ms), 'time'),
+        cell(time(u.trust_ms), 'time'),
         cell(String(u.alerts), 'num'),
       ])),
       'No device has enrolled yet.'));
     content.appendChild(el('h2', { text: 'Devices and their monitoring state' }));
     content.appendChild(table(
-      ['device', 'user', 'host', 'state', 'enrolled', 'last seen'],
+      ['device', 'user', 'host', 'status', 'enrolled', 'last seen'],
       devices.devices.map((d) => el('tr', {}, [
         userLink(d.device_id, d.device_id),
         cell(d.os_user),
         cell(d.hostname),
-        stateCell(d.state),
+        stateCell(d.status),
         cell(time(d.enrolled_ms), 'time'),
         cell(time(d.last_seen_ms), 'time'),
       ])),
@@ -162,9 +162,10 @@
   // Score (left axis, its own range) and trust (right axis, 0 to 100) per window, oldest on
   // the left; the lockout as a dashed line; windows that raised an alert as red dots. The
   // x axis is the window's place in order, not the clock: the chart is about whether the
-  // rhythm matches, and must not become a picture of when someone worked. No activity
+  // rhythm matches, and must not become a picture of when someone worked: the API gives no
+  // per-window time, only the first and last window's, for the axis labels. No activity
   // counts are shown anywhere (identity assurance only).
-  function chart(windows, lockout) {
+  function chart(windows, lockout, firstMs, lastMs) {
     const W = 960, H = 320, L = 56, R = 56, T = 16, B = 40;
     const root = svg('svg', { class: 'chart', id: 'chart', viewBox: '0 0 ' + W + ' ' + H, role: 'img' });
     root.appendChild(svg('title', {}, 'Score and trust per window'));
@@ -202,8 +203,8 @@
       if (w.alert) root.appendChild(svg('circle', { class: 'alert-mark', cx: x(i), cy: yt(w.trust === null ? 0 : w.trust), r: 4 }));
     });
     if (n > 0) {
-      root.appendChild(svg('text', { class: 'label', x: L, y: H - B + 16 }, '#' + windows[0].seq + ' ' + time(windows[0].created_ms)));
-      root.appendChild(svg('text', { class: 'label', x: W - R, y: H - B + 16, 'text-anchor': 'end' }, '#' + windows[n - 1].seq + ' ' + time(windows[n - 1].created_ms)));
+      root.appendChild(svg('text', { class: 'label', x: L, y: H - B + 16 }, time(firstMs)));
+      root.appendChild(svg('text', { class: 'label', x: W - R, y: H - B + 16, 'text-anchor': 'end' }, time(lastMs)));
     }
     root.appendChild(svg('text', { class: 'label', x: L, y: H - 6 }, 'score (left, blue) · trust (right, green, 0–100) · dashed: lockout · red: alert'));
     return el('div', { class: 'chart-box' }, [root]);
@@ -222,9 +223,9 @@
     document.getElementById('title').textContent = d.os_user + '@' + d.hostname;
     const windows = timeline.windows;
     const current = windows.slice().reverse().find((w) => w.trust !== null);
-    content.appendChild(el('p', { class: 'mono', text: 'device ' + d.device_id + ' · state ' + (d.state || 'unknown') + ' · current trust ' + (current ? num(current.trust, 1) : 'none yet (no window scored)') }));
+    content.appendChild(el('p', { class: 'mono', text: 'device ' + d.device_id + ' · status ' + d.status.replace(/_/g, ' ') + ' · current trust ' + (current ? num(current.trust, 1) : 'none yet (no window scored)') }));
     content.appendChild(el('h2', { text: 'Score and trust, window by window' }));
-    content.appendChild(chart(windows, timeline.lockout));
+    content.appendChild(chart(windows, timeline.lockout, timeline.first_ms, timeline.last_ms));
     content.appendChild(el('h2', { text: 'Alerts' }));
     content.appendChild(table(ALERT_HEADERS, alertRows(alerts.alerts), 'No alerts for this user.'));
     content.appendChild(el('h2', { text: 'Consent records' }));
@@ -232,7 +233,7 @@
       ['when', 'decision', 'notice (SHA-256)'],
       consent.consent.map((c) => el('tr', {}, [cell(time(c.at_ms), 'time'), cell(c.decision), cell(c.notice_sha256.slice(0, 16) + '…', 'mono')])),
       'No consent records for this user.'));
-    say(windows.length + ' of ' + timeline.total_windows + ' window(s) shown; ' + alerts.alerts.length + ' alert(s).');
+    say('Latest windows shown; ' + alerts.alerts.length + ' alert(s).');
   }
 
   const pages = { overview: overview, alerts: alertsPage, consent: consentPage, user: userPage };
