@@ -135,6 +135,10 @@ struct RunArgs {
     /// `cadence-agent consent`, watch with `cadence-agent status`).
     #[arg(long)]
     no_ui: bool,
+    /// Started at logon: on Windows, leave the console window Windows opens for the agent
+    /// (nothing is printed to a terminal afterwards). Changes nothing elsewhere.
+    #[arg(long)]
+    background: bool,
 }
 
 #[derive(Debug, Args)]
@@ -261,8 +265,19 @@ impl Out {
 /// Parses the command line and runs the command. The binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(&cli.command, Command::Run(a) if a.background) {
+        crate::detach::from_console();
+    }
     init_logging();
     let dir = cli.data_dir;
+    let checks_files = matches!(&cli.command, Command::Config(a) if a.checks_files());
+    let system = config_cmd::system_managed();
+    if let Err(msg) =
+        config_cmd::allow_managed_flag(cli.managed.as_deref(), system.as_deref(), checks_files)
+    {
+        Out::say(&format!("cadence-agent: {msg}"));
+        return ExitCode::from(2);
+    }
     if let Command::Config(a) = &cli.command {
         return config_cmd::main(cli.managed.as_deref(), cli.user_config.as_deref(), a);
     }
@@ -388,15 +403,18 @@ async fn consent(
         out.line(&format!("  {notice}"))
             .map_err(|e| e.to_string())?;
     }
-    let current = ConsentFile::load(&dir).map_err(|e| e.to_string())?;
-    let decided = consent::decide(
-        current.as_ref(),
-        request,
-        &state::notice_hash(notice),
-        managed.policy,
-        state::now_ms(),
-        &state::os_user(),
-    )
+    // Decided and written under the consent journal's lock, about the latest decision.
+    let decided = state::ConsentJournal::decide(&dir, |current| {
+        consent::decide(
+            current,
+            request,
+            &state::notice_hash(notice),
+            managed.policy,
+            state::now_ms(),
+            &state::os_user(),
+        )
+    })
+    .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     let Some(record) = decided else {
         let same = match request {
@@ -406,7 +424,6 @@ async fn consent(
         out.live_line(same).map_err(|e| e.to_string())?;
         return Ok(ExitCode::SUCCESS);
     };
-    record.save(&dir).map_err(|e| e.to_string())?;
     let told = daemon::control::request(&dir, "reload").await.is_some();
     let what = match record.decision {
         Decision::Granted => "consent granted: monitoring of input timing may start",
@@ -416,8 +433,11 @@ async fn consent(
     };
     let tail = if told {
         ""
-    } else {
+    } else if cfg!(unix) {
         " (no agent is running; it applies when one starts)"
+    } else {
+        // No control socket here: a running agent sees the file change within a second.
+        " (a running agent applies it within a second; otherwise it applies when one starts)"
     };
     out.live_line(&format!("{what}{tail}"))
         .map_err(|e| e.to_string())?;
@@ -613,6 +633,7 @@ async fn status(dir: Option<PathBuf>, a: StatusArgs) -> Result<ExitCode, String>
                     .map(|t| format!(" (resumes at {t} ms since 1970)"))
                     .unwrap_or_default()
             ),
+            format!("state shown by:   {}", opt(&st.shown_by)),
             format!(
                 "consent:          {}",
                 consent

@@ -129,6 +129,53 @@ fn add_managed(l: &mut Layers, managed: Option<&Path>) {
     }
 }
 
+/// The organization's own source on this machine, if there is one: the system managed file,
+/// or on macOS a configuration profile's managed preferences (which win over the file).
+pub(super) fn system_managed() -> Option<PathBuf> {
+    #[cfg(target_os = "macos")]
+    if Path::new(cadence_config::MANAGED_PREFERENCES).exists() {
+        return Some(PathBuf::from(cadence_config::MANAGED_PREFERENCES));
+    }
+    let p = cadence_config::default_managed_path();
+    p.exists().then_some(p)
+}
+
+/// Whether this command line may use `managed` as its managed file. `--managed` replaces the
+/// organization's layer, so where the machine has one (`system`), naming any other file would
+/// let a user lift every lock: it is refused for every command but `config check`
+/// (`checks_files`), which only reads the file it is given and starts nothing. Without a
+/// system file the agent is unmanaged, and `--managed` is how tests and trials give it one.
+pub(super) fn allow_managed_flag(
+    managed: Option<&Path>,
+    system: Option<&Path>,
+    checks_files: bool,
+) -> Result<(), String> {
+    let (Some(given), Some(system)) = (managed, system) else {
+        return Ok(());
+    };
+    let same = match (given.canonicalize(), system.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => given == system,
+    };
+    if same || checks_files {
+        return Ok(());
+    }
+    Err(format!(
+        "--managed {} refused: this machine is managed by {}, and only \
+         `cadence-agent config check` may read another managed file \
+         (the organization's settings cannot be replaced from the command line)",
+        given.display(),
+        system.display()
+    ))
+}
+
+impl ConfigArgs {
+    /// `config check`: reads the files it is given and starts nothing.
+    pub(super) fn checks_files(&self) -> bool {
+        matches!(self.command, ConfigCommand::Check { .. })
+    }
+}
+
 /// Resolves the configuration every command runs with. The error is the message the agent
 /// refuses to start with, the same `config check` prints.
 pub(super) fn resolve(
@@ -337,4 +384,41 @@ fn show(
     }
     out.flush().map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allow_managed_flag;
+    use std::path::Path;
+
+    #[test]
+    fn managed_flag_cannot_replace_the_system_file() {
+        let dir = std::env::temp_dir().join(format!("cadence-managed-flag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let system = dir.join("system.toml");
+        let mine = dir.join("mine.toml");
+        std::fs::write(&system, "").unwrap();
+        std::fs::write(&mine, "").unwrap();
+
+        // A machine without a system file: --managed is how an unmanaged agent gets one.
+        assert!(allow_managed_flag(Some(&mine), None, false).is_ok());
+        // No --managed: the system file is used.
+        assert!(allow_managed_flag(None, Some(&system), false).is_ok());
+        // Another file on a managed machine: refused, saying which file manages it.
+        let err = allow_managed_flag(Some(&mine), Some(&system), false).unwrap_err();
+        assert!(
+            err.contains("mine.toml") && err.contains("system.toml"),
+            "{err}"
+        );
+        assert!(err.contains("config check"), "{err}");
+        // ...also when it is absent (it would read as "no managed settings").
+        assert!(allow_managed_flag(Some(&dir.join("nothing.toml")), Some(&system), false).is_err());
+        // ...but `config check` may read it.
+        assert!(allow_managed_flag(Some(&mine), Some(&system), true).is_ok());
+        // The system file itself, however spelled, is fine.
+        let spelled = dir.join(".").join("system.toml");
+        assert!(allow_managed_flag(Some(&spelled), Some(&system), false).is_ok());
+        assert!(allow_managed_flag(Some(Path::new(&system)), Some(&system), false).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -11,6 +11,9 @@
 //!   notice (grant, pause or withdrawal) counts as no decision: the user is asked again.
 //! - A pause lasts [`PAUSE`], is offered only where policy allows it, and only while
 //!   monitoring. It ends by itself ([`expire`]) or when the user resumes; the grant stands.
+//!   The file is not trusted for either: a pause never lasts longer than [`PAUSE`] from when
+//!   it was made, whatever end it names (a hand-edited file), and a pause the policy in force
+//!   does not allow (made under another policy, or written by hand) ends at once.
 //! - Withdrawing is always possible, also while paused, and nothing ends it but a new grant.
 //!
 //! Never turns "not now", a closed dialog or a missing dialog backend into consent: those
@@ -86,9 +89,13 @@ pub fn evaluate(file: Option<&ConsentFile>, notice_sha256: &str) -> Standing {
     match f.decision {
         Decision::Granted | Decision::Resumed => Standing::Monitoring,
         Decision::Withdrawn => Standing::Withdrawn,
-        // A pause file without an end (hand-edited, damaged) ends now rather than never.
+        // A pause file without an end (hand-edited, damaged) ends now rather than never, and
+        // none lasts longer than a pause can.
         Decision::Paused => Standing::Paused {
-            until_ms: f.until_ms.unwrap_or(0),
+            until_ms: f
+                .until_ms
+                .unwrap_or(0)
+                .min(f.at_ms.saturating_add(PAUSE.as_millis() as u64)),
         },
     }
 }
@@ -165,16 +172,24 @@ pub fn decide(
     }
 }
 
-/// The resumption a pause that has run out calls for, if it has.
-pub fn expire(file: Option<&ConsentFile>, notice_sha256: &str, now_ms: u64) -> Option<ConsentFile> {
+/// The resumption a pause calls for: one that has run out (at most [`PAUSE`] after it was
+/// made), or one the organization's `policy` does not allow (at once).
+pub fn expire(
+    file: Option<&ConsentFile>,
+    notice_sha256: &str,
+    policy: Policy,
+    now_ms: u64,
+) -> Option<ConsentFile> {
     match evaluate(file, notice_sha256) {
-        Standing::Paused { until_ms } if now_ms >= until_ms => Some(ConsentFile {
-            decision: Decision::Resumed,
-            notice_sha256: notice_sha256.to_owned(),
-            at_ms: now_ms,
-            os_user: file.map(|f| f.os_user.clone()).unwrap_or_default(),
-            until_ms: None,
-        }),
+        Standing::Paused { until_ms } if now_ms >= until_ms || !policy.allow_pause => {
+            Some(ConsentFile {
+                decision: Decision::Resumed,
+                notice_sha256: notice_sha256.to_owned(),
+                at_ms: now_ms,
+                os_user: file.map(|f| f.os_user.clone()).unwrap_or_default(),
+                until_ms: None,
+            })
+        }
         _ => None,
     }
 }
@@ -242,7 +257,10 @@ mod tests {
         // Nor is a pause: it does not carry capture over to a new notice.
         let paused = step(granted, Request::Pause, &a, T0 + 2).unwrap();
         assert!(!evaluate(paused.as_ref(), &b).allows_capture());
-        assert_eq!(expire(paused.as_ref(), &b, T0 + 60 * MIN), None);
+        assert_eq!(
+            expire(paused.as_ref(), &b, allow_pause(), T0 + 60 * MIN),
+            None
+        );
         // Granting the new notice records its hash.
         let regranted = step(paused, Request::Grant, &b, T0 + 3).unwrap();
         assert_eq!(regranted.as_ref().unwrap().notice_sha256, b);
@@ -261,8 +279,12 @@ mod tests {
         );
         assert_eq!(paused.as_ref().unwrap().until_ms, Some(until));
         assert!(!evaluate(paused.as_ref(), &n).allows_capture());
-        assert_eq!(expire(paused.as_ref(), &n, until - 1), None, "not yet");
-        let resumed = expire(paused.as_ref(), &n, until).unwrap();
+        assert_eq!(
+            expire(paused.as_ref(), &n, allow_pause(), until - 1),
+            None,
+            "not yet"
+        );
+        let resumed = expire(paused.as_ref(), &n, allow_pause(), until).unwrap();
         assert_eq!(resumed.decision, Decision::Resumed);
         assert_eq!(resumed.at_ms, until);
         assert_eq!(resumed.os_user, "alice");
@@ -281,7 +303,7 @@ mod tests {
         let withdrawn = step(paused, Request::Withdraw, &n, T0 + 2 * MIN).unwrap();
         assert_eq!(evaluate(withdrawn.as_ref(), &n), Standing::Withdrawn);
         assert_eq!(
-            expire(withdrawn.as_ref(), &n, T0 + 120 * MIN),
+            expire(withdrawn.as_ref(), &n, allow_pause(), T0 + 120 * MIN),
             None,
             "a withdrawal never resumes by itself"
         );
@@ -351,6 +373,61 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_never_lasts_longer_than_a_pause_can() {
+        let n = notice_hash("n");
+        // Hand-edited to end in a year.
+        let forged = ConsentFile {
+            decision: Decision::Paused,
+            notice_sha256: n.clone(),
+            at_ms: T0,
+            os_user: "a".into(),
+            until_ms: Some(T0 + 365 * 24 * 60 * MIN),
+        };
+        let cap = T0 + 30 * MIN;
+        assert_eq!(
+            evaluate(Some(&forged), &n),
+            Standing::Paused { until_ms: cap }
+        );
+        assert_eq!(expire(Some(&forged), &n, allow_pause(), cap - 1), None);
+        let resumed = expire(Some(&forged), &n, allow_pause(), cap).unwrap();
+        assert_eq!(resumed.decision, Decision::Resumed);
+        assert!(evaluate(Some(&resumed), &n).allows_capture());
+        // A shorter pause keeps its own end.
+        let short = ConsentFile {
+            until_ms: Some(T0 + MIN),
+            ..forged
+        };
+        assert_eq!(
+            evaluate(Some(&short), &n),
+            Standing::Paused { until_ms: T0 + MIN }
+        );
+    }
+
+    #[test]
+    fn a_pause_the_policy_in_force_forbids_ends_at_once() {
+        let n = notice_hash("n");
+        let granted = step(None, Request::Grant, &n, T0).unwrap();
+        // Paused while the organization allowed it...
+        let paused = step(granted, Request::Pause, &n, T0 + MIN).unwrap();
+        assert_eq!(
+            expire(paused.as_ref(), &n, allow_pause(), T0 + 2 * MIN),
+            None
+        );
+        // ...which it no longer does: the pause ends now, recorded as a resumption.
+        let no_pause = Policy {
+            allow_pause: false,
+            allow_quit: false,
+        };
+        let ended = expire(paused.as_ref(), &n, no_pause, T0 + 2 * MIN).unwrap();
+        assert_eq!(ended.decision, Decision::Resumed);
+        assert_eq!(ended.at_ms, T0 + 2 * MIN);
+        assert!(evaluate(Some(&ended), &n).allows_capture());
+        // Nothing else is touched by the policy: a withdrawal stays one.
+        let withdrawn = step(paused, Request::Withdraw, &n, T0 + 3 * MIN).unwrap();
+        assert_eq!(expire(withdrawn.as_ref(), &n, no_pause, T0 + 4 * MIN), None);
+    }
+
+    #[test]
     fn a_pause_without_an_end_ends_at_once() {
         let n = notice_hash("n");
         let damaged = ConsentFile {
@@ -360,6 +437,6 @@ mod tests {
             os_user: "a".into(),
             until_ms: None,
         };
-        assert!(expire(Some(&damaged), &n, T0).is_some());
+        assert!(expire(Some(&damaged), &n, allow_pause(), T0).is_some());
     }
 }

@@ -8,7 +8,8 @@
 //! The employee's side runs here too: consent follows [`crate::consent`] (a pause ends by
 //! itself after 30 minutes, and its end is recorded), the consent dialog is offered in a
 //! graphical session whenever no decision about the notice in force exists, the tray icon
-//! follows the status at once and its menu acts through the same state machine, and every
+//! follows the status at once and its menu acts through the same state machine (without a
+//! tray, desktop notifications show each change of state), and every
 //! record sealed is also kept, as sent, in the transparency file (`recent.jsonl`).
 //!
 //! Never captures before an explicit grant of the notice in force, stops capture at once on
@@ -38,9 +39,11 @@ use crate::features::Windower;
 use crate::guard::{Guard, GuardAlert, LocalAction};
 use crate::spool::{Gap, Spool, SpoolError};
 use crate::state::{
-    self, AgentStatus, ConsentFile, ConsentSent, Enrollment, Recent, RecentRecord, StateError,
+    self, AgentStatus, ConsentFile, ConsentJournal, ConsentSealed, ConsentSent, Enrollment, Recent,
+    RecentRecord, StateError,
 };
 use crate::ui::dialog::{self, Answer};
+use crate::ui::notify::{self, Notifier};
 use crate::ui::pages;
 use crate::ui::tray::{self, MenuAction, Tray, TrayView};
 use crate::uplink::{Backoff, Uplink, UplinkError};
@@ -206,9 +209,18 @@ impl Outbox {
 
     /// Seals and appends one record durably; reports any eviction as a gap record.
     /// `since` is when the record came to be (a window's close), for the delivery latency.
-    fn put(&mut self, kind: Kind, payload: &[u8], since: Instant) -> Result<u64, DaemonError> {
+    /// `mark` is called with the record's sequence number just before the record is appended
+    /// (the consent journal's marker, see [`ConsentSealed`]).
+    fn put_marked(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        since: Instant,
+        mark: impl FnOnce(u64) -> Result<(), DaemonError>,
+    ) -> Result<u64, DaemonError> {
         let seq = self.next_seq;
         let bytes = self.seal(kind, seq, payload)?;
+        mark(seq)?;
         let appended = self.spool.append(seq, &bytes)?;
         self.next_seq = seq + 1;
         self.spooled_at.insert(seq, since);
@@ -281,6 +293,11 @@ struct Shared {
     source_done: AtomicBool,
     /// The tray icon, when there is one; shown every status change.
     tray: Mutex<Option<Tray>>,
+    /// The last consent journal entry sealed into the spool.
+    consent_sealed: Mutex<u64>,
+    /// Desktop notifications, where there is no tray but a notification service; shown every
+    /// status change (it notifies only when the state changes).
+    notifier: Mutex<Option<Notifier>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,9 +308,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Seals and spools one record (durable when this returns), counts it and wakes delivery.
     fn spool(&self, kind: Kind, payload: &[u8], since: Instant) -> Result<u64, DaemonError> {
+        self.spool_marked(kind, payload, since, |_| Ok(()))
+    }
+
+    /// As [`Shared::spool`], with [`Outbox::put_marked`]'s `mark`.
+    fn spool_marked(
+        &self,
+        kind: Kind,
+        payload: &[u8],
+        since: Instant,
+        mark: impl FnOnce(u64) -> Result<(), DaemonError>,
+    ) -> Result<u64, DaemonError> {
         let (seq, queued) = {
             let mut ob = lock(&self.outbox);
-            let seq = ob.put(kind, payload, since)?;
+            let seq = ob.put_marked(kind, payload, since, mark)?;
             (seq, ob.spool.stats().records_pending as u64)
         };
         self.set_status(|s| {
@@ -310,6 +338,9 @@ impl Shared {
             f(&mut s);
             self.view(&s)
         };
+        if let Some(n) = lock(&self.notifier).as_ref() {
+            n.show(view.clone());
+        }
         if let Some(t) = lock(&self.tray).as_ref() {
             // The tray thread ignores a view equal to the one shown.
             t.show(view);
@@ -364,6 +395,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         dir: dir.clone(),
     };
     outbox.report_gaps()?;
+    let consent_sealed = consent_sealed_at_start(&dir, outbox.next_seq)?;
     let status = AgentStatus {
         running: true,
         server: Some(enrollment.server.clone()),
@@ -381,6 +413,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         reload: Notify::new(),
         source_done: AtomicBool::new(nothing_to_capture),
         tray: Mutex::new(None),
+        notifier: Mutex::new(None),
+        consent_sealed: Mutex::new(consent_sealed),
     });
     let (action_tx, mut actions) = tokio::sync::mpsc::unbounded_channel::<MenuAction>();
     let graphical = shared.cfg.ui && dialog::graphical_session();
@@ -401,6 +435,12 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut dialog_task: Option<tokio::sync::oneshot::Receiver<Answer>> = None;
 
     let control_task = tokio::spawn(control::serve(control, shared.clone()));
+    // On every OS, also where the control socket does not exist (Windows): a decision the
+    // `consent` command writes takes effect within a second, not at the next heartbeat.
+    let watcher = {
+        let s = shared.clone();
+        tokio::spawn(watch_consent(dir.clone(), move || s.reload.notify_one()))
+    };
     let delivery = tokio::spawn(deliver(shared.clone(), uplink.clone()));
     let status_task = tokio::spawn(write_status(shared.clone()));
 
@@ -424,12 +464,16 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         }
         // Consent decides, every time something may have changed it. A pause that ran out is
         // recorded as a resumption first, so the verifier hears of it.
-        let mut consent = ConsentFile::load(&dir)?;
-        if let Some(resumed) = consent::expire(consent.as_ref(), &notice, state::now_ms()) {
-            resumed.save(&dir)?;
+        // Decided under the journal's lock, so a withdrawal written meanwhile is never
+        // replaced by the resumption.
+        let (policy, now) = (shared.cfg.consent_policy, state::now_ms());
+        let resumed = ConsentJournal::decide(&dir, |c| {
+            Ok::<_, std::convert::Infallible>(consent::expire(c, &notice, policy, now))
+        })?;
+        if matches!(resumed, Ok(Some(_))) {
             tracing::info!("the pause is over: monitoring resumes");
-            consent = Some(resumed);
         }
+        let consent = ConsentFile::load(&dir)?;
         let standing = consent::evaluate(consent.as_ref(), &notice);
         let allowed = standing.allows_capture();
         // Capture stops before the decision is sealed, so no window follows a withdrawal or
@@ -440,7 +484,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
                 "consent withdrawn, paused or missing: capture stopped, partial window discarded"
             );
         }
-        record_consent_change(&shared, consent.as_ref())?;
+        seal_decisions(&shared)?;
         let new_state = standing.monitoring_state();
         let changed = lock(&shared.status).state != Some(new_state);
         let offer = (standing.needs_prompt() && prompted.as_ref() != Some(&notice))
@@ -538,6 +582,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(t) = tray {
         let _ = tokio::task::spawn_blocking(move || drop(t)).await;
     }
+    let notifier = lock(&shared.notifier).take();
+    if let Some(n) = notifier {
+        let _ = tokio::task::spawn_blocking(move || drop(n)).await;
+    }
     if let Some(p) = pipeline.take() {
         stop_pipeline(p, shared.cfg.on_shutdown == PartialWindow::Discard).await;
     }
@@ -545,6 +593,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     delivery.abort();
     let _ = tokio::time::timeout(Duration::from_secs(3), deliver_once(&shared, &uplink)).await;
     control_task.abort();
+    watcher.abort();
     status_task.abort();
     shared.set_status(|s| s.running = false);
     let snapshot = lock(&shared.status).clone();
@@ -553,24 +602,46 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Starts the tray icon, or logs once why there is none (the agent works without it).
+/// Shows the state on screen: the tray icon, or else desktop notifications on every change of
+/// state. Where neither exists, says so in the log and in `status` (the agent works on).
 async fn start_tray(shared: &Arc<Shared>, actions: tokio::sync::mpsc::UnboundedSender<MenuAction>) {
     let first = shared.view(&lock(&shared.status));
+    let view = first.clone();
     let started = tokio::task::spawn_blocking(move || {
-        tray::spawn(first, move |a| {
+        tray::spawn(view, move |a| {
             let _ = actions.send(a);
         })
     })
     .await;
-    match started {
+    let no_tray = match started {
         Ok(Ok(t)) => {
             tracing::info!("tray icon shown");
             *lock(&shared.tray) = Some(t);
+            shared.set_status(|s| s.shown_by = Some("tray".into()));
+            return;
         }
-        Ok(Err(e)) => tracing::warn!(
-            "{e}; going on without a tray icon (`cadence-agent status` shows the state)"
-        ),
-        Err(e) => tracing::warn!("no tray: {e}"),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("no tray: {e}"),
+    };
+    let notifier = tokio::task::spawn_blocking(move || notify::spawn(first))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match notifier {
+        Ok(n) => {
+            tracing::warn!(
+                "{no_tray}; the state is shown in desktop notifications instead, on every change"
+            );
+            *lock(&shared.notifier) = Some(n);
+            shared.set_status(|s| s.shown_by = Some("notifications".into()));
+        }
+        Err(e) => {
+            let why = format!("{no_tray}, and no desktop notifications: {e}");
+            tracing::error!(
+                "the monitoring state is shown NOWHERE on screen ({why}); only \
+                 `cadence-agent status` tells it"
+            );
+            shared.set_status(|s| s.shown_by = Some(format!("nowhere: {why}")));
+        }
     }
 }
 
@@ -642,29 +713,24 @@ fn consent_answer(shared: &Shared, answer: Answer) {
 fn apply_request(shared: &Shared, request: Request) {
     let dir = &shared.cfg.data_dir;
     let notice = state::notice_hash(&shared.cfg.notice);
-    let result = ConsentFile::load(dir)
-        .map_err(|e| e.to_string())
-        .and_then(|file| {
-            consent::decide(
-                file.as_ref(),
-                request,
-                &notice,
-                shared.cfg.consent_policy,
-                state::now_ms(),
-                &state::os_user(),
-            )
-            .map_err(|e| e.to_string())
-        });
+    let result = ConsentJournal::decide(dir, |file| {
+        consent::decide(
+            file,
+            request,
+            &notice,
+            shared.cfg.consent_policy,
+            state::now_ms(),
+            &state::os_user(),
+        )
+    });
     match result {
-        Ok(Some(decision)) => match decision.save(dir) {
-            Ok(()) => shared.reload.notify_one(),
-            Err(e) => {
-                tracing::error!("cannot record the decision: {e}");
-                shared.set_status(|s| s.last_error = Some(e.to_string()));
-            }
-        },
-        Ok(None) => {}
-        Err(e) => tracing::warn!(?request, "not done: {e}"),
+        Ok(Ok(Some(_))) => shared.reload.notify_one(),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(?request, "not done: {e}"),
+        Err(e) => {
+            tracing::error!("cannot record the decision: {e}");
+            shared.set_status(|s| s.last_error = Some(e.to_string()));
+        }
     }
 }
 
@@ -706,30 +772,58 @@ fn menu_action(shared: &Arc<Shared>, action: MenuAction, asked: &mut bool) -> bo
     false
 }
 
-/// Seals the user's latest decision into the spool if it has not been sealed yet.
-fn record_consent_change(
-    shared: &Shared,
-    consent: Option<&ConsentFile>,
-) -> Result<(), DaemonError> {
-    let Some(c) = consent else { return Ok(()) };
+/// The last consent journal entry already sealed when the daemon starts, from the marker and
+/// the spool's next sequence number ([`ConsentSealed::sealed_through`]). A data directory
+/// from an agent without the journal is taken over: its `consent.json` becomes the first
+/// entry, sealed already if `consent-sent.json` says so.
+fn consent_sealed_at_start(dir: &Path, next_seq: u64) -> Result<u64, DaemonError> {
+    if let Some(m) = ConsentSealed::load(dir)? {
+        return Ok(ConsentSealed::sealed_through(Some(m), next_seq));
+    }
+    if !ConsentJournal::load(dir)?.is_empty() {
+        return Ok(0);
+    }
+    let sent = ConsentSent::load(dir)?.last;
+    match ConsentJournal::adopt(dir)? {
+        Some(index) if sent.is_some() && sent == ConsentFile::load(dir)? => {
+            // Sequence number 0 is below any the spool hands out: sealed.
+            ConsentSealed { index, seq: 0 }.save(dir)?;
+            Ok(index)
+        }
+        _ => Ok(0),
+    }
+}
+
+/// Seals every consent journal entry not sealed yet, in order, each under a marker written
+/// before its record is spooled (so a crash cannot seal one twice). A `consent.json` the
+/// journal does not end with (written by hand) is taken into the journal first.
+fn seal_decisions(shared: &Shared) -> Result<(), DaemonError> {
     let dir = &shared.cfg.data_dir;
-    if ConsentSent::load(dir)?.last.as_ref() == Some(c) {
-        return Ok(());
+    ConsentJournal::adopt(dir)?;
+    let sealed = *lock(&shared.consent_sealed);
+    for e in ConsentJournal::load(dir)?
+        .into_iter()
+        .filter(|e| e.index > sealed)
+    {
+        let c = &e.consent;
+        let rec = ConsentRecord {
+            decision: c.decision,
+            notice_sha256: c.notice_sha256.clone(),
+            at_ms: c.at_ms,
+            os_user: c.os_user.clone(),
+            until_ms: c.until_ms,
+        };
+        let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
+        let seq = shared.spool_marked(Kind::Consent, &payload, Instant::now(), |seq| {
+            Ok(ConsentSealed {
+                index: e.index,
+                seq,
+            }
+            .save(dir)?)
+        })?;
+        *lock(&shared.consent_sealed) = e.index;
+        tracing::info!(seq, index = e.index, decision = ?c.decision, "consent decision recorded for the verifier");
     }
-    let rec = ConsentRecord {
-        decision: c.decision,
-        notice_sha256: c.notice_sha256.clone(),
-        at_ms: c.at_ms,
-        os_user: c.os_user.clone(),
-        until_ms: c.until_ms,
-    };
-    let payload = serde_json::to_vec(&rec).map_err(|e| DaemonError::Seal(e.to_string()))?;
-    let seq = shared.spool(Kind::Consent, &payload, Instant::now())?;
-    ConsentSent {
-        last: Some(c.clone()),
-    }
-    .save(dir)?;
-    tracing::info!(seq, decision = ?c.decision, "consent decision recorded for the verifier");
     Ok(())
 }
 
@@ -999,6 +1093,38 @@ async fn send_heartbeat(shared: Arc<Shared>, uplink: Uplink) {
     }
 }
 
+/// How often [`watch_consent`] looks at the consent file.
+const CONSENT_POLL: Duration = Duration::from_millis(250);
+
+/// What tells one version of `consent.json` from another: the file is replaced whole (a
+/// rename), so a new version has a new modification time, length or (Unix) inode.
+fn consent_stamp(dir: &Path) -> Option<(Option<std::time::SystemTime>, u64, u64)> {
+    let m = std::fs::metadata(dir.join("consent.json")).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((m.modified().ok(), m.len(), inode))
+}
+
+/// Calls `changed` whenever `consent.json` in `dir` is written, removed or created: a cheap
+/// `stat` every [`CONSENT_POLL`], the same on every OS. The file as it is when this is called
+/// counts as seen.
+fn watch_consent(dir: PathBuf, changed: impl Fn()) -> impl Future<Output = ()> {
+    let mut last = consent_stamp(&dir);
+    async move {
+        let mut tick = tokio::time::interval(CONSENT_POLL);
+        loop {
+            tick.tick().await;
+            let now = consent_stamp(&dir);
+            if now != last {
+                last = now;
+                changed();
+            }
+        }
+    }
+}
+
 async fn write_status(shared: Arc<Shared>) {
     let mut last = AgentStatus::default();
     loop {
@@ -1042,7 +1168,8 @@ mod latency {
 
 pub mod control {
     //! The control socket (`agent.sock` in the data directory): one line in, one line out.
-    //! `reload` re-reads the consent file at once (the `consent` command sends it);
+    //! `reload` re-reads the consent file at once (the `consent` command sends it; without a
+    //! socket, as on Windows, the daemon's watch on the file, `watch_consent`, does);
     //! `status` answers the live [`AgentStatus`](crate::state::AgentStatus) as JSON.
     //! Only the directory's owner can reach it (the directory is 0700).
 
@@ -1135,4 +1262,40 @@ pub mod control {
 /// Whether `dir` looks like an agent data directory with a daemon answering.
 pub async fn daemon_running(dir: &Path) -> bool {
     control::request(dir, "status").await.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cadence_wire::records::Decision;
+
+    #[tokio::test]
+    async fn a_decision_written_to_the_consent_file_is_seen_without_the_control_socket() {
+        let dir = std::env::temp_dir().join(format!("cadence-watch-{}", std::process::id()));
+        state::ensure_dir(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("consent.json"));
+        let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = tokio::spawn(watch_consent(dir.clone(), move || {
+            let _ = tx.send(());
+        }));
+        let decision = |decision, at_ms| ConsentFile {
+            decision,
+            notice_sha256: state::notice_hash("n"),
+            at_ms,
+            os_user: "u".into(),
+            until_ms: None,
+        };
+        // Written as the `consent` command writes it; nobody sends `reload`.
+        for (d, at) in [(Decision::Granted, 1), (Decision::Withdrawn, 2)] {
+            decision(d, at).save(&dir).unwrap();
+            // A guard against hanging for ever, not a measure of speed.
+            let got = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await;
+            assert!(
+                matches!(got, Ok(Some(()))),
+                "the {d:?} written to consent.json was not noticed"
+            );
+        }
+        watcher.abort();
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -162,7 +162,7 @@ fn platform(a: &DoctorArgs, lines: &mut Vec<String>, missing: &mut Vec<String>) 
                         } else {
                             used += 1;
                             let virt = if n.is_virtual {
-                                " (virtual: its events count as injected)"
+                                " (virtual, e.g. a key remapper's: read like any other)"
                             } else {
                                 ""
                             };
@@ -204,10 +204,19 @@ fn platform(a: &DoctorArgs, lines: &mut Vec<String>, missing: &mut Vec<String>) 
         (Some(g), false, false) => format!("{user} is not in the `input` group (gid {g})"),
     };
     lines.push(format!("input group: {member}"));
-    let session = crate::capture::evdev::device::SessionGate::from_env().describe();
+    let gate = crate::capture::evdev::device::SessionGate::from_env();
+    let session = gate.describe();
     lines.push(format!(
         "session in front (evdev reads only then): {session}"
     ));
+    if !gate.is_known() && used > 0 {
+        missing.push(
+            "evdev is not chosen automatically here: without logind it cannot tell whether \
+             this user's session is the one in front, and would read other users' input \
+             (run with --capture evdev only if no one else uses this seat)"
+                .into(),
+        );
+    }
     if used == 0 && denied > 0 {
         if group.gid.is_some() && !group.process_member && !group.user_listed {
             missing.push(format!(

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod consent;
 pub mod daemon;
+pub mod detach;
 pub mod doctor;
 pub mod features;
 pub mod guard;

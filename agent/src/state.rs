@@ -9,8 +9,11 @@
 //! |---|---|---|
 //! | `device.key` (0600) | `enroll` | the device's Ed25519 private key, PKCS#8 |
 //! | `enrollment.json` | `enroll` | [`Enrollment`]: server URL, device id, verifier key, CA |
-//! | `consent.json` | `consent grant/withdraw` | [`ConsentFile`]: the user's last decision |
-//! | `consent-sent.json` | the daemon | the last decision sealed into the spool |
+//! | `consent.json` | `consent`, the tray | [`ConsentFile`]: the user's last decision |
+//! | `consent-journal.jsonl` | `consent`, the tray | [`ConsentJournal`]: every decision, in order |
+//! | `consent.lock` | `consent`, the tray | held while a decision is made and written |
+//! | `consent-sealed.json` | the daemon | [`ConsentSealed`]: the last journal entry sealed |
+//! | `consent-sent.json` | older agents | [`ConsentSent`]: read once, when taking over |
 //! | `status.json` | the daemon | [`AgentStatus`], refreshed on change |
 //! | `recent.jsonl` (0600) | the daemon | [`Recent`]: the last records sealed, as sent |
 //! | `privacy.html`, `recent.html` | the tray | pages the tray's menu opens |
@@ -117,9 +120,36 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The temporary file [`write_atomic`] writes `path` through: named after the whole file name,
+/// the process and a counter (`.recent.jsonl.tmp.PID.N`), so two files that differ only in
+/// their extension (`recent.jsonl` and `recent.html`, written concurrently by the daemon and
+/// the tray's page writer), two threads, or two processes never share one.
+fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+}
+
 /// Replaces `path` atomically with `bytes`; `private` files get mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_path(path);
+    let written = write_then_rename(&tmp, path, bytes, private);
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_then_rename(
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+    private: bool,
+) -> Result<(), StateError> {
     {
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -128,11 +158,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Stat
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(if private { 0o600 } else { 0o644 });
         }
-        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        let mut f = opts.open(tmp).map_err(io(tmp))?;
+        f.write_all(bytes).map_err(io(tmp))?;
+        f.sync_all().map_err(io(tmp))?;
     }
-    fs::rename(&tmp, path).map_err(io(path))?;
+    fs::rename(tmp, path).map_err(io(path))?;
     if let Some(parent) = path.parent()
         && let Ok(d) = fs::File::open(parent)
     {
@@ -271,8 +301,9 @@ computer is you. Cadence measures the timing of key presses and pointer movement
 keys you press or what you type, and sends only statistical summaries to your organization's \
 verifier. You can withdraw at any time with `cadence-agent consent withdraw`.";
 
-/// The consent decision the daemon sealed into the spool last. Compared whole, not by time:
-/// a clock that steps back must not hide a newer decision.
+/// The consent decision the daemon sealed into the spool last, as agents from before the
+/// consent journal recorded it (`consent-sent.json`); read once, to take such a data
+/// directory over without sealing its decision again.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConsentSent {
     /// The decision sealed last.
@@ -287,6 +318,168 @@ impl ConsentSent {
     /// Stores the marker.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         write_json(&dir.join("consent-sent.json"), self)
+    }
+}
+
+/// One line of the consent journal `consent-journal.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEntry {
+    /// Its place in the journal: 1, 2, 3… without gaps.
+    pub index: u64,
+    /// The decision.
+    pub consent: ConsentFile,
+}
+
+/// The consent journal: every decision ever made on this device, in order, so that each one is
+/// sealed for the verifier, also two made in quick succession or while no agent runs.
+///
+/// `consent-journal.jsonl` holds one [`JournalEntry`] per line, appended and never rewritten;
+/// `consent.json` is the current-state view (the last entry), kept for `status` and for the
+/// daemon's quick look. Every writer (the `consent` command, the tray, a pause running out)
+/// goes through [`ConsentJournal::decide`], which holds the lock file `consent.lock` while it
+/// reads the current decision, decides and writes both files: a decision is always made about
+/// the latest one, never about a stale copy. A line cut short by a crash is skipped when read
+/// and the next entry starts on a line of its own.
+pub struct ConsentJournal;
+
+impl ConsentJournal {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("consent-journal.jsonl")
+    }
+
+    /// Every entry, oldest first (lines that do not read back are skipped).
+    pub fn load(dir: &Path) -> Result<Vec<JournalEntry>, StateError> {
+        let path = Self::path(dir);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Holds the journal's lock while `f` runs (released when the file closes).
+    fn locked<T>(dir: &Path, f: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+        ensure_dir(dir)?;
+        let path = dir.join("consent.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        lock.lock().map_err(io(&path))?;
+        let out = f();
+        let _ = lock.unlock();
+        out
+    }
+
+    /// Appends `c` after the last entry and makes it the current decision. Call under the lock.
+    fn append(dir: &Path, c: &ConsentFile) -> Result<u64, StateError> {
+        let path = Self::path(dir);
+        let text = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let index = Self::load(dir)?.last().map_or(1, |e| e.index + 1);
+        let entry = JournalEntry {
+            index,
+            consent: c.clone(),
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|e| StateError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            // The rest of a line cut short by a crash: the entry starts on its own line.
+            line.insert(0, b'\n');
+        }
+        let mut opts = fs::OpenOptions::new();
+        opts.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o644);
+        }
+        let mut f = opts.open(&path).map_err(io(&path))?;
+        f.write_all(&line).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+        c.save(dir)?;
+        Ok(index)
+    }
+
+    /// Decides about the current decision under the lock: `f` sees the latest decision and
+    /// returns the new one (`None`: nothing changes), which is appended and becomes current.
+    /// `f`'s own refusal comes back as the inner error.
+    pub fn decide<E>(
+        dir: &Path,
+        f: impl FnOnce(Option<&ConsentFile>) -> Result<Option<ConsentFile>, E>,
+    ) -> Result<Result<Option<ConsentFile>, E>, StateError> {
+        Self::locked(dir, || {
+            let current = ConsentFile::load(dir)?;
+            match f(current.as_ref()) {
+                Ok(Some(new)) => {
+                    Self::append(dir, &new)?;
+                    Ok(Ok(Some(new)))
+                }
+                other => Ok(other),
+            }
+        })
+    }
+
+    /// Takes a `consent.json` the journal does not end with (written by hand, or by an agent
+    /// from before the journal) into it as a decision of its own; its index when it did.
+    pub fn adopt(dir: &Path) -> Result<Option<u64>, StateError> {
+        Self::locked(dir, || {
+            let Some(current) = ConsentFile::load(dir)? else {
+                return Ok(None);
+            };
+            if Self::load(dir)?.last().map(|e| &e.consent) == Some(&current) {
+                return Ok(None);
+            }
+            Self::append(dir, &current).map(Some)
+        })
+    }
+}
+
+/// Which journal entry the daemon sealed last, and under which spool sequence number.
+///
+/// Written before that record is appended to the spool (under the same lock that hands out
+/// sequence numbers), so a crash can never seal an entry twice: after a restart, a `seq` the
+/// spool has not reached yet (`seq >= next_seq`) means the append did not happen and the
+/// entry is sealed again, under that same number; otherwise it is sealed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentSealed {
+    /// The journal entry.
+    pub index: u64,
+    /// The spool sequence number it went out under.
+    pub seq: u64,
+}
+
+impl ConsentSealed {
+    /// The marker, if any.
+    pub fn load(dir: &Path) -> Result<Option<ConsentSealed>, StateError> {
+        read_json(&dir.join("consent-sealed.json"))
+    }
+
+    /// Stores the marker.
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        write_json(&dir.join("consent-sealed.json"), self)
+    }
+
+    /// The last journal entry sealed, given the spool's next sequence number at start.
+    pub fn sealed_through(marker: Option<ConsentSealed>, next_seq: u64) -> u64 {
+        match marker {
+            Some(m) if m.seq >= next_seq => m.index.saturating_sub(1),
+            Some(m) => m.index,
+            None => 0,
+        }
     }
 }
 
@@ -406,6 +599,11 @@ pub struct AgentStatus {
     /// While paused: when monitoring resumes by itself, ms since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_until_ms: Option<u64>,
+    /// Where the state is shown on screen: `tray`, `notifications`, or `nowhere: WHY` (no
+    /// tray and no notification service: only `status` tells it). `None` without a
+    /// graphical session or with `--no-ui`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_by: Option<String>,
     /// Last successful contact with the verifier, ms since the Unix epoch.
     pub last_contact_ms: Option<u64>,
     /// Time from a window's close to the verifier's acknowledgement of its record (sealed,
@@ -498,6 +696,162 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn files_that_differ_only_in_extension_never_share_a_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("cadence-atomic-{}", std::process::id()));
+        ensure_dir(&dir).unwrap();
+        assert_ne!(
+            temp_path(&dir.join("recent.jsonl")),
+            temp_path(&dir.join("recent.html"))
+        );
+        // The daemon's transparency file and the tray's page, written at the same time: each
+        // file only ever holds what was written to it.
+        let writer = |name: &'static str, fill: u8| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let path = dir.join(name);
+                for i in 0..300usize {
+                    let text = vec![fill; 1000 + i];
+                    write_atomic(&path, &text, true).unwrap();
+                    let back = fs::read(&path).unwrap();
+                    assert!(
+                        back.iter().all(|b| *b == fill),
+                        "{name} holds another file's content"
+                    );
+                }
+            })
+        };
+        let a = writer("recent.jsonl", b'j');
+        let b = writer("recent.html", b'h');
+        a.join().unwrap();
+        b.join().unwrap();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    fn decision(d: Decision, at_ms: u64) -> ConsentFile {
+        ConsentFile {
+            decision: d,
+            notice_sha256: notice_hash("n"),
+            at_ms,
+            os_user: "u".into(),
+            until_ms: None,
+        }
+    }
+
+    fn fresh(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cadence-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        ensure_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn every_decision_is_journaled_once_in_order_also_when_made_at_once() {
+        let dir = fresh("journal");
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10u64 {
+                        // Each decides about the latest decision, whatever the others wrote.
+                        ConsentJournal::decide(&dir, |cur| {
+                            let next = match cur.map(|c| c.decision) {
+                                Some(Decision::Granted) => Decision::Withdrawn,
+                                _ => Decision::Granted,
+                            };
+                            Ok::<_, ()>(Some(decision(next, t * 100 + i)))
+                        })
+                        .unwrap()
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = ConsentJournal::load(&dir).unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (1..=40).collect::<Vec<_>>()
+        );
+        // Each decided about the one before it: they alternate, none was lost.
+        assert!(
+            all.windows(2)
+                .all(|w| w[0].consent.decision != w[1].consent.decision)
+        );
+        assert_eq!(
+            ConsentFile::load(&dir).unwrap().as_ref(),
+            Some(&all[39].consent),
+            "consent.json is the last decision"
+        );
+        // A refusal writes nothing.
+        assert_eq!(
+            ConsentJournal::decide(&dir, |_| Err::<Option<ConsentFile>, _>("no")).unwrap(),
+            Err("no")
+        );
+        assert_eq!(ConsentJournal::load(&dir).unwrap().len(), 40);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_does_not_hide_the_next_decision() {
+        let dir = fresh("journal-torn");
+        ConsentJournal::decide(&dir, |_| Ok::<_, ()>(Some(decision(Decision::Granted, 1))))
+            .unwrap()
+            .unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("consent-journal.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"index\":2,\"consent\":{\"deci").unwrap();
+        drop(f);
+        ConsentJournal::decide(&dir, |_| {
+            Ok::<_, ()>(Some(decision(Decision::Withdrawn, 2)))
+        })
+        .unwrap()
+        .unwrap();
+        let all = ConsentJournal::load(&dir).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].index, 2);
+        assert_eq!(all[1].consent.decision, Decision::Withdrawn);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_consent_file_written_by_hand_is_taken_into_the_journal_once() {
+        let dir = fresh("journal-adopt");
+        assert_eq!(
+            ConsentJournal::adopt(&dir).unwrap(),
+            None,
+            "nothing to adopt"
+        );
+        decision(Decision::Granted, 5).save(&dir).unwrap();
+        assert_eq!(ConsentJournal::adopt(&dir).unwrap(), Some(1));
+        assert_eq!(ConsentJournal::adopt(&dir).unwrap(), None, "already there");
+        decision(Decision::Withdrawn, 6).save(&dir).unwrap();
+        assert_eq!(ConsentJournal::adopt(&dir).unwrap(), Some(2));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_entry_is_sealed_once_its_spool_append_happened() {
+        let m = |index, seq| Some(ConsentSealed { index, seq });
+        assert_eq!(ConsentSealed::sealed_through(None, 1), 0);
+        // The marker names seq 7 and the spool goes on at 8: the append happened.
+        assert_eq!(ConsentSealed::sealed_through(m(3, 7), 8), 3);
+        // The spool still goes on at 7: the crash came before the append.
+        assert_eq!(ConsentSealed::sealed_through(m(3, 7), 7), 2);
+        assert_eq!(ConsentSealed::sealed_through(m(1, 0), 1), 1);
     }
 
     #[test]

@@ -227,7 +227,7 @@ fn decode_x11(bytes: &[u8], last_ms: u32) -> Vec<InputEvent> {
 
 fn decode_evdev(bytes: &[u8], layout: Layout) -> Vec<InputEvent> {
     let mut out = Vec::new();
-    let mut decoder = DeviceDecoder::new(layout, false);
+    let mut decoder = DeviceDecoder::new(layout);
     // CLOCK_MONOTONIC event times with the capture clock's origin at kernel time zero.
     let mut time = KernelTimeMapper::known(0);
     let r = evdev::pump(

@@ -149,13 +149,25 @@ impl fmt::Display for OnInjection {
     }
 }
 
-/// The system location of the managed file on this OS.
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows::program_data;
+/// Not called off Windows (the `cfg!` above is false); it keeps that branch compiling here.
+#[cfg(not(windows))]
+fn program_data() -> PathBuf {
+    PathBuf::from(r"C:\ProgramData")
+}
+
+/// The system location of the managed file on this OS: a fixed path, or on Windows the
+/// system's ProgramData known folder, never one the user can redirect.
 pub fn default_managed_path() -> PathBuf {
     if cfg!(target_os = "macos") {
         PathBuf::from("/Library/Application Support/Cadence/agent.toml")
     } else if cfg!(windows) {
-        let base = std::env::var_os("ProgramData").unwrap_or_else(|| "C:\\ProgramData".into());
-        PathBuf::from(base).join("Cadence").join("agent.toml")
+        // Never the `ProgramData` environment variable: the user sets that, and so could point
+        // the agent at a "managed" file of their own.
+        program_data().join("Cadence").join("agent.toml")
     } else {
         PathBuf::from("/etc/cadence/agent.toml")
     }

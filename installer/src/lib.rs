@@ -279,7 +279,23 @@ fn check_launch_agent(text: &str, bad: &mut impl FnMut(String)) {
     if d.get("LimitLoadToSessionType").and_then(|v| v.as_string()) != Some("Aqua") {
         bad("LimitLoadToSessionType must be Aqua (a user's graphical session)".into());
     }
+    // KeepAlive restarts every non-zero exit, the invalid-configuration one (78) included:
+    // without a long throttle that is a retry loop every 10 s.
+    let throttle = d
+        .get("ThrottleInterval")
+        .and_then(|v| v.as_signed_integer())
+        .unwrap_or(10);
+    if d.get("KeepAlive").is_some() && throttle < MIN_LAUNCHD_THROTTLE_SECS {
+        bad(format!(
+            "ThrottleInterval must be at least {MIN_LAUNCHD_THROTTLE_SECS} with KeepAlive \
+             (an invalid configuration exits 78 and would be restarted every {throttle} s)"
+        ));
+    }
 }
+
+/// The least ThrottleInterval for the LaunchAgent (s): how often launchd may restart an agent
+/// that refuses an invalid configuration.
+const MIN_LAUNCHD_THROTTLE_SECS: i64 = 300;
 
 fn check_profile(text: &str, bad: &mut impl FnMut(String)) {
     let d = match read_plist(text) {
@@ -317,26 +333,33 @@ fn check_profile(text: &str, bad: &mut impl FnMut(String)) {
         return bad("has no PPPC (com.apple.TCC.configuration-profile-policy) payload".into());
     };
     let services = pppc.get("Services").and_then(|v| v.as_dictionary());
-    for (service, must) in [
-        ("Accessibility", "Allow"),
-        // Apple refuses "Allow" for Input Monitoring in a profile.
-        ("ListenEvent", "AllowStandardUserToSetSystemService"),
-    ] {
-        let entries: Vec<&plist::Dictionary> = services
-            .and_then(|s| s.get(service))
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|v| v.as_dictionary()).collect())
-            .unwrap_or_default();
-        let ok = entries.iter().any(|e| {
-            e.get("Identifier").and_then(|v| v.as_string()) == Some(MACOS_AGENT)
-                && e.get("Authorization").and_then(|v| v.as_string()) == Some(must)
-                && e.get("CodeRequirement").is_some()
-        });
-        if !ok {
+    // A listen-only event tap needs Input Monitoring only. Accessibility would let the binary
+    // read on-screen content and post events: never granted.
+    for service in ["Accessibility", "PostEvent"] {
+        if services.is_some_and(|s| s.contains_key(service)) {
             bad(format!(
-                "PPPC {service} must name {MACOS_AGENT} with a CodeRequirement and Authorization {must}"
+                "PPPC must not grant {service}: a listen-only event tap needs Input Monitoring \
+                 (ListenEvent) only"
             ));
         }
+    }
+    // Apple refuses "Allow" for Input Monitoring in a profile: the most it may say is that a
+    // standard user can approve it.
+    let (service, must) = ("ListenEvent", "AllowStandardUserToSetSystemService");
+    let entries: Vec<&plist::Dictionary> = services
+        .and_then(|s| s.get(service))
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_dictionary()).collect())
+        .unwrap_or_default();
+    let ok = entries.iter().any(|e| {
+        e.get("Identifier").and_then(|v| v.as_string()) == Some(MACOS_AGENT)
+            && e.get("Authorization").and_then(|v| v.as_string()) == Some(must)
+            && e.get("CodeRequirement").is_some()
+    });
+    if !ok {
+        bad(format!(
+            "PPPC {service} must name {MACOS_AGENT} with a CodeRequirement and Authorization {must}"
+        ));
     }
 }
 
@@ -520,6 +543,83 @@ fn check_wix(root: &Path, text: &str, bad: &mut impl FnMut(String)) {
     });
     if !run_key {
         bad("no per-user logon autostart (HKLM ...\\CurrentVersion\\Run value)".into());
+    }
+    let background = elements.iter().any(|e| {
+        e.name == "RegistryValue"
+            && e.attr("Key") == Some("Software\\Microsoft\\Windows\\CurrentVersion\\Run")
+            && e.attr("Value")
+                .is_some_and(|v| v.ends_with(" run --background"))
+    });
+    if run_key && !background {
+        bad(
+            "the logon autostart must be `cadence-agent.exe run --background` (else every user \
+             gets a console window)"
+                .into(),
+        );
+    }
+    check_config_acl(&elements, bad);
+}
+
+/// The managed configuration's folder must be the machine's: a `PermissionEx` on the
+/// CONFIGFOLDER component whose DACL is protected (nothing inherited from ProgramData, where
+/// every user may create files), gives SYSTEM and Administrators full control, and lets
+/// Users, Authenticated Users, Everyone and interactive users at most read.
+fn check_config_acl(elements: &[Element], bad: &mut impl FnMut(String)) {
+    // Elements come in document order: a PermissionEx belongs to the Component before it.
+    let mut component_dir = None;
+    let mut sddl = None;
+    for e in elements {
+        match e.name.as_str() {
+            "Component" => component_dir = e.attr("Directory"),
+            "PermissionEx" if component_dir == Some("CONFIGFOLDER") => sddl = e.attr("Sddl"),
+            _ => {}
+        }
+    }
+    let Some(sddl) = sddl else {
+        return bad(
+            "CONFIGFOLDER has no PermissionEx: users could create or edit the managed file".into(),
+        );
+    };
+    let Some(dacl) = sddl.split_once("D:").map(|(_, d)| d) else {
+        return bad(format!("CONFIGFOLDER's PermissionEx has no DACL: {sddl}"));
+    };
+    if !dacl
+        .split('(')
+        .next()
+        .is_some_and(|flags| flags.contains('P'))
+    {
+        bad(format!(
+            "CONFIGFOLDER's DACL must be protected (D:P...), not inherit ProgramData's: {sddl}"
+        ));
+    }
+    // An ACE is (type;flags;rights;object;inherited object;sid).
+    let aces: Vec<Vec<&str>> = dacl
+        .split('(')
+        .skip(1)
+        .filter_map(|a| a.split_once(')'))
+        .map(|(a, _)| a.split(';').collect())
+        .collect();
+    let read_only = ["0x1200a9", "FR", "FX", "FRFX", "GR", "GX", "GRGX"];
+    for ace in &aces {
+        let [kind, _, rights, _, _, sid] = ace[..] else {
+            bad(format!("CONFIGFOLDER's DACL has a malformed entry: {sddl}"));
+            continue;
+        };
+        if kind == "A" && ["BU", "AU", "WD", "IU"].contains(&sid) && !read_only.contains(&rights) {
+            bad(format!(
+                "CONFIGFOLDER's DACL lets {sid} do more than read ({rights}): {sddl}"
+            ));
+        }
+    }
+    for sid in ["SY", "BA"] {
+        if !aces
+            .iter()
+            .any(|a| a.first() == Some(&"A") && a.get(5) == Some(&sid) && a[2] == "FA")
+        {
+            bad(format!(
+                "CONFIGFOLDER's DACL must give {sid} full control (FA): {sddl}"
+            ));
+        }
     }
 }
 

@@ -94,6 +94,30 @@ fn each_break_is_named() {
             "the agent.toml it writes is invalid",
         ),
         (
+            "installer/windows/cadence-agent.wxs",
+            " run --background\"",
+            " run\"",
+            "the logon autostart must be `cadence-agent.exe run --background`",
+        ),
+        (
+            "installer/windows/cadence-agent.wxs",
+            "(A;OICI;0x1200a9;;;BU)",
+            "(A;OICI;FA;;;BU)",
+            "CONFIGFOLDER's DACL lets BU do more than read",
+        ),
+        (
+            "installer/windows/cadence-agent.wxs",
+            "D:PAI(",
+            "D:AI(",
+            "CONFIGFOLDER's DACL must be protected",
+        ),
+        (
+            "installer/windows/cadence-agent.wxs",
+            "<PermissionEx ",
+            "<PermissionExx ",
+            "CONFIGFOLDER has no PermissionEx",
+        ),
+        (
             "installer/macos/cadence.mobileconfig",
             "<key>min_mouse</key>",
             "<key>min_mice</key>",
@@ -110,6 +134,18 @@ fn each_break_is_named() {
             "</array>\n</dict>\n</plist>",
             "</dict>\n</plist>",
             "cadence.mobileconfig: is not a valid property list",
+        ),
+        (
+            "installer/macos/cadence.mobileconfig",
+            "<key>ListenEvent</key>",
+            "<key>Accessibility</key>\n                <array/>\n                <key>ListenEvent</key>",
+            "PPPC must not grant Accessibility",
+        ),
+        (
+            "installer/macos/org.cadence.agent.plist",
+            "<integer>300</integer>",
+            "<integer>10</integer>",
+            "ThrottleInterval must be at least 300",
         ),
         (
             "installer/macos/cadence.mobileconfig",

@@ -72,6 +72,41 @@ impl Drop for Purge {
     }
 }
 
+/// A throwaway account (for the purge's per-user deletion), removed with its home at the end.
+struct TestUser {
+    name: String,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn add(name: &str) -> TestUser {
+        let home = std::env::temp_dir().join(format!("{name}-home"));
+        let _ = Command::new("userdel").args(["-r", name]).output();
+        sh(Command::new("useradd")
+            .args(["-m", "-s", "/usr/sbin/nologin", "-d"])
+            .arg(&home)
+            .arg(name));
+        TestUser {
+            name: name.to_owned(),
+            home,
+        }
+    }
+
+    /// Runs `args` as this user (to make files the way the user would).
+    fn run(&self, args: &[&str]) {
+        sh(Command::new("runuser")
+            .args(["-u", &self.name, "--"])
+            .args(args));
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
 fn build_deb(out: &Path) -> PathBuf {
     if let Some(p) = std::env::var_os("CADENCE_DEB") {
         return PathBuf::from(p);
@@ -184,6 +219,19 @@ fn deb_installs_runs_and_leaves_only_documented_files() {
         "the unit is not enabled globally"
     );
 
+    // An administrator disables the unit for everyone; an upgrade (here: the same package
+    // configured again) must leave it disabled.
+    let _ = Command::new("systemctl")
+        .args(["--global", "disable", "cadence-agent.service"])
+        .output();
+    let _ = std::fs::remove_file(wants);
+    sh(Command::new("dpkg").arg("-i").arg(&local));
+    assert!(installed());
+    assert!(
+        std::fs::symlink_metadata(wants).is_err(),
+        "an upgrade re-enabled the unit the administrator disabled"
+    );
+
     // Everything dpkg installed, to look for after removal.
     let listed = sh(Command::new("dpkg").args(["-L", PKG]));
     let files: Vec<PathBuf> = String::from_utf8_lossy(&listed.stdout)
@@ -219,8 +267,43 @@ fn deb_installs_runs_and_leaves_only_documented_files() {
         );
     }
 
+    // Per-user data is deleted as its user, so a link a user planted never turns root's
+    // deletion onto files that are not theirs; and one user's failure does not stop the rest.
+    // `mallory` (first in the password database) points ~/.local/share at a root-owned
+    // directory holding a cadence/agent of its own; `alice` has real data.
+    let pid = std::process::id();
+    let mallory = TestUser::add(&format!("cdpm{pid}"));
+    let alice = TestUser::add(&format!("cdpa{pid}"));
+    let victim = std::env::temp_dir().join(format!("cadence-purge-victim-{pid}"));
+    std::fs::create_dir_all(victim.join("cadence/agent")).unwrap();
+    std::fs::write(victim.join("cadence/agent/keep"), b"root's").unwrap();
+    let m_local = mallory.home.join(".local");
+    mallory.run(&["mkdir", "-p", &m_local.display().to_string()]);
+    mallory.run(&[
+        "ln",
+        "-s",
+        &victim.display().to_string(),
+        &m_local.join("share").display().to_string(),
+    ]);
+    let alice_data = alice.home.join(".local/share/cadence/agent");
+    alice.run(&[
+        "mkdir",
+        "-p",
+        &alice_data.join("spool").display().to_string(),
+    ]);
+
     // Purge: nothing stays.
     apt(&["purge", PKG]);
+    assert!(
+        victim.join("cadence/agent/keep").exists(),
+        "purge followed a user's link and deleted files that are not theirs"
+    );
+    assert!(
+        !alice_data.exists(),
+        "purge stopped before the next user's data (or did not delete it)"
+    );
+    let _ = std::fs::remove_dir_all(&victim);
+    drop((mallory, alice));
     assert!(!known_to_dpkg(), "dpkg still knows the package after purge");
     let left: Vec<&PathBuf> = files.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "purge left {left:?}");

@@ -782,3 +782,202 @@ fn stopping_the_agent_while_its_dialog_is_open_takes_the_dialog_away() {
     );
     assert_eq!(consent_decision(&agent), None);
 }
+
+/// The desktop's notification service, reduced to what the agent uses: it records each
+/// `Notify` call as (replaces_id, body) and keeps a replaced notification's id, as servers do.
+struct Notifications {
+    calls: Arc<Mutex<Vec<(u32, String)>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl Notifications {
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        _app_name: String,
+        replaces_id: u32,
+        _app_icon: String,
+        _summary: String,
+        body: String,
+        _actions: Vec<String>,
+        _hints: HashMap<String, OwnedValue>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push((replaces_id, body));
+        if replaces_id != 0 {
+            replaces_id
+        } else {
+            100 + calls.len() as u32
+        }
+    }
+}
+
+/// Runs the agent in a graphical session without a tray (no StatusNotifierWatcher, as on
+/// stock GNOME) on `bus`, with no dialog program, until its `status` is readable.
+fn run_without_tray(agent: &mut Agent, bus: &SessionBus, empty_path: &Path) {
+    let child = Command::new(bin("cadence-agent"))
+        .arg("--data-dir")
+        .arg(&agent.dir)
+        .args(["run", "--source", "none", "--heartbeat-secs", "1"])
+        .env_remove("DISPLAY")
+        .env("WAYLAND_DISPLAY", "cadence-test-no-compositor")
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .env("PATH", empty_path)
+        .env("CADENCE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    agent.child = Some(child);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            agent
+                .cli(&["status", "--json"])
+                .status
+                .success()
+                .then(|| agent.status())
+                .is_some_and(|s| s["running"] == true && s.get("shown_by").is_some())
+        }),
+        "the agent never said where its state is shown"
+    );
+}
+
+#[test]
+fn without_a_tray_every_change_of_state_is_notified_and_replaces_the_last() {
+    if !tools(
+        "without_a_tray_every_change_of_state_is_notified_and_replaces_the_last",
+        &["dbus-daemon"],
+    ) {
+        return;
+    }
+    let (tmp, _v, mut agent, _device) = setup("notify", None);
+    let empty = tmp.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let bus = SessionBus::start();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let _server = zbus::blocking::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("org.freedesktop.Notifications")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/Notifications",
+            Notifications {
+                calls: calls.clone(),
+            },
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    run_without_tray(&mut agent, &bus, &empty);
+    assert_eq!(agent.status()["shown_by"], "notifications");
+    let said = |text: &str| {
+        let calls = calls.clone();
+        let text = text.to_owned();
+        move || calls.lock().unwrap().iter().any(|(_, b)| b.contains(&text))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), said("Waiting for your consent")),
+        "{:?}",
+        calls.lock().unwrap()
+    );
+    agent.ok(&["consent", "grant"]);
+    assert!(
+        eventually(Duration::from_secs(20), said("Monitoring")),
+        "{:?}",
+        calls.lock().unwrap()
+    );
+    agent.ok(&["consent", "withdraw"]);
+    assert!(
+        eventually(Duration::from_secs(20), said("withdrawn")),
+        "{:?}",
+        calls.lock().unwrap()
+    );
+    agent.stop();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls[0].0, 0,
+        "the first notification replaces none: {calls:?}"
+    );
+    assert!(
+        calls[1..].iter().all(|(r, _)| *r == 101),
+        "every later notification replaces the first: {calls:?}"
+    );
+    assert!(
+        calls.windows(2).all(|w| w[0].1 != w[1].1),
+        "a notification repeated an unchanged state: {calls:?}"
+    );
+
+    // Neither a tray nor a notification service: said in `status`.
+    let bare = SessionBus::start();
+    run_without_tray(&mut agent, &bare, &empty);
+    let shown = agent.status()["shown_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        shown.starts_with("nowhere") && shown.contains("org.freedesktop.Notifications"),
+        "{shown}"
+    );
+    agent.stop();
+}
+
+/// The consent decisions the agent sealed, in order, from `show --json`.
+fn sealed_decisions(agent: &Agent) -> Vec<String> {
+    agent
+        .ok(&["show", "--json", "--last", "50"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "consent")
+        .map(|r| r["payload"]["decision"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn every_decision_is_sealed_once_also_those_made_while_no_agent_runs() {
+    let (_tmp, v, mut agent, device) = setup("journal", None);
+    // Three decisions in quick succession, with no agent running.
+    agent.ok(&["consent", "grant"]);
+    agent.ok(&["consent", "withdraw"]);
+    agent.ok(&["consent", "grant"]);
+    let run = ["--source", "none", "--no-ui", "--heartbeat-secs", "1"];
+    agent.spawn_run(&run);
+    let want = ["granted", "withdrawn", "granted"];
+    assert!(
+        eventually(Duration::from_secs(20), || sealed_decisions(&agent) == want),
+        "{:?}",
+        sealed_decisions(&agent)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || shown_as(
+            &v,
+            &device,
+            "monitoring"
+        )),
+        "{}",
+        device_entry(&v, &device)
+    );
+    agent.stop();
+    // A restart seals nothing again; the next decision follows the three.
+    agent.spawn_run(&run);
+    agent.ok(&["consent", "withdraw"]);
+    let want = ["granted", "withdrawn", "granted", "withdrawn"];
+    assert!(
+        eventually(Duration::from_secs(20), || sealed_decisions(&agent).len()
+            >= want.len()),
+        "{:?}",
+        sealed_decisions(&agent)
+    );
+    assert_eq!(sealed_decisions(&agent), want);
+    assert!(
+        eventually(Duration::from_secs(20), || shown_as(
+            &v,
+            &device,
+            "withdrawn"
+        )),
+        "{}",
+        device_entry(&v, &device)
+    );
+    agent.stop();
+}

@@ -50,8 +50,11 @@
 //! wall-clock times, and the offset is estimated as for X11 server times
 //! ([`KernelTimeMapper::estimating`]).
 //!
-//! Evdev carries no mark for injected input; events from a virtual device (bus type
-//! `BUS_VIRTUAL`, which uinput-based injection tools use by default) are flagged `injected`.
+//! Evdev carries no mark for injected input, and no event from it is flagged `injected`. A
+//! virtual device (bus type `BUS_VIRTUAL`, made through uinput) is no evidence of injection:
+//! key remappers create one and re-emit the person's own typing through it, and with one in
+//! use every real key press arrives from a virtual device. An injector on Linux is left to
+//! the guard's timing rules, which need no flag.
 
 #[cfg(target_os = "linux")]
 pub mod device;
@@ -259,8 +262,6 @@ impl KernelTimeMapper {
 pub struct DeviceDecoder {
     /// Record layout of the stream.
     layout: Layout,
-    /// Events from this device are marked injected (a virtual device).
-    injected: bool,
     /// Held keys by evdev code.
     keys: PressTable,
     /// Held buttons, `BTN_LEFT..=BTN_TASK` as 0..8.
@@ -283,11 +284,10 @@ pub struct DeviceDecoder {
 }
 
 impl DeviceDecoder {
-    /// A decoder for a stream in `layout`; `injected` marks a virtual device.
-    pub fn new(layout: Layout, injected: bool) -> Self {
+    /// A decoder for a stream in `layout`.
+    pub fn new(layout: Layout) -> Self {
         DeviceDecoder {
             layout,
-            injected,
             keys: PressTable::new(KEY_CNT),
             buttons: PressTable::new(usize::from(BTN_TASK - BTN_LEFT) + 1),
             rel: (0, 0),
@@ -348,7 +348,7 @@ impl DeviceDecoder {
         out(InputEvent {
             t_us,
             kind,
-            injected: self.injected,
+            injected: false,
         });
     }
 
@@ -616,7 +616,7 @@ mod tests {
     }
 
     fn run(layout: Layout, bytes: &[u8]) -> Vec<InputEvent> {
-        let mut d = DeviceDecoder::new(layout, false);
+        let mut d = DeviceDecoder::new(layout);
         let mut time = KernelTimeMapper::known(0);
         let mut out = Vec::new();
         let r = pump(&mut &bytes[..], &mut d, &mut time, &mut || 0, &mut |e| {
@@ -687,7 +687,7 @@ mod tests {
         let bytes = [key(L, 10, 30, 1), key(L, 90, 30, 0)].concat();
         let whole = run(L, &bytes);
         for step in [1, 5, 7, 23, 25] {
-            let mut d = DeviceDecoder::new(L, false);
+            let mut d = DeviceDecoder::new(L);
             let mut time = KernelTimeMapper::known(0);
             let mut out = Vec::new();
             let r = pump(
@@ -828,13 +828,22 @@ mod tests {
     }
 
     #[test]
-    fn virtual_devices_mark_events_injected() {
-        let mut d = DeviceDecoder::new(L, true);
+    fn no_evdev_event_is_marked_injected() {
+        // Whatever device it comes from (a key remapper's virtual one included), evdev input
+        // is never flagged: the flag would make the guard treat the person's typing as a
+        // script's.
+        let mut d = DeviceDecoder::new(L);
         let mut time = KernelTimeMapper::known(0);
         let mut out = Vec::new();
-        d.decode(&key(L, 5, 30, 1), 0, &mut time, &mut |e| out.push(e));
-        assert_eq!(out.len(), 1);
-        assert!(out[0].injected);
+        for (i, code) in [30u16, 31, 32].into_iter().enumerate() {
+            let t = 1_000 + i as u64 * 100_000;
+            d.decode(&key(L, t, code, 1), 0, &mut time, &mut |e| out.push(e));
+            d.decode(&key(L, t + 50_000, code, 0), 0, &mut time, &mut |e| {
+                out.push(e)
+            });
+        }
+        assert_eq!(out.len(), 6);
+        assert!(out.iter().all(|e| !e.injected), "{out:?}");
     }
 
     #[test]
@@ -862,7 +871,7 @@ mod tests {
     fn garbage_never_panics() {
         let mut rng = fastrand::Rng::with_seed(11);
         for layout in [Layout::Time64, Layout::Time32] {
-            let mut d = DeviceDecoder::new(layout, false);
+            let mut d = DeviceDecoder::new(layout);
             let mut time = KernelTimeMapper::estimating();
             for len in 0..500 {
                 let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();

@@ -79,6 +79,9 @@ pub struct SessionFacts {
     pub x11: Result<(), String>,
     /// Readable keyboards and pointers under `/dev/input`, or why there are none.
     pub evdev: Result<usize, String>,
+    /// Whether evdev can tell that this user's login session is the one in front (logind):
+    /// without it, evdev would read every user's input, so it is used only when asked for.
+    pub evdev_session_known: bool,
 }
 
 /// The Linux rule: Wayland prefers evdev, X11 prefers RECORD, the console has only evdev; an
@@ -98,10 +101,24 @@ pub fn choose_linux(requested: Requested, f: &SessionFacts) -> Choice {
         (Some(d), Err(e)) => Err(format!("X11 capture on {d} cannot start: {e}")),
         (None, _) => Err("X11 capture needs a display, and DISPLAY is not set".to_owned()),
     };
-    let evdev = || match &f.evdev {
+    let evdev_explicit = || match &f.evdev {
         Ok(n) if *n > 0 => Ok(Chosen::Evdev),
         Ok(_) => Err("evdev: no keyboard or pointer is readable under /dev/input".to_owned()),
         Err(e) => Err(format!("evdev: {e}")),
+    };
+    // Consent is per user: where the session in front cannot be told, reading the devices
+    // would capture whoever sits there, so automatic choice never does it.
+    let evdev = || {
+        if f.evdev_session_known {
+            evdev_explicit()
+        } else {
+            Err(
+                "evdev: cannot tell whether this user's session is the one in front (no \
+                 logind), so it would also read other users' input; use --capture evdev to \
+                 read the devices anyway"
+                    .to_owned(),
+            )
+        }
     };
     let backend = match requested {
         Requested::X11 => {
@@ -110,7 +127,14 @@ pub fn choose_linux(requested: Requested, f: &SessionFacts) -> Choice {
         }
         Requested::Evdev => {
             reasons.push("evdev was asked for (--capture evdev)".into());
-            evdev()
+            if !f.evdev_session_known {
+                reasons.push(
+                    "no logind: whether this user's session is in front cannot be told, and \
+                     the input of any user at this seat is read"
+                        .into(),
+                );
+            }
+            evdev_explicit()
         }
         Requested::Auto if f.wayland => match evdev() {
             Ok(c) => {
@@ -194,6 +218,7 @@ pub fn linux_facts(display: Option<&str>) -> SessionFacts {
         display,
         x11,
         evdev,
+        evdev_session_known: super::evdev::device::SessionGate::from_env().is_known(),
     }
 }
 
@@ -282,6 +307,7 @@ mod tests {
             display: Some(":0".into()),
             x11: if x11 { Ok(()) } else { Err("no RECORD".into()) },
             evdev: Ok(evdev),
+            evdev_session_known: true,
         }
     }
 
@@ -314,6 +340,7 @@ mod tests {
             display: None,
             x11: Err("DISPLAY is not set".into()),
             evdev: Ok(3),
+            evdev_session_known: true,
         };
         assert_eq!(
             choose_linux(Requested::Auto, &console).backend,
@@ -344,5 +371,39 @@ mod tests {
         );
         assert_eq!(Requested::parse("evdev"), Some(Requested::Evdev));
         assert_eq!(Requested::parse("wayland"), None);
+    }
+
+    #[test]
+    fn without_logind_auto_never_picks_evdev_but_an_explicit_request_may() {
+        // Whose session is in front cannot be told: evdev would read every user's input.
+        let unknown = |wayland, x11| SessionFacts {
+            evdev_session_known: false,
+            ..facts(wayland, x11, 3)
+        };
+        // The console: nothing else, so no backend, and the reason says what to do.
+        let console = SessionFacts {
+            display: None,
+            x11: Err("DISPLAY is not set".into()),
+            ..unknown(false, false)
+        };
+        let e = choose_linux(Requested::Auto, &console)
+            .backend
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("logind") && e.contains("--capture evdev"), "{e}");
+        // Wayland: X11 (Xwayland) rather than evdev; X11 without RECORD: nothing.
+        assert_eq!(
+            choose_linux(Requested::Auto, &unknown(true, true)).backend,
+            Ok(Chosen::X11(Some(":0".into())))
+        );
+        assert!(
+            choose_linux(Requested::Auto, &unknown(false, false))
+                .backend
+                .is_err()
+        );
+        // Asked for by name: used, and the reasons say what that means.
+        let c = choose_linux(Requested::Evdev, &console);
+        assert_eq!(c.backend, Ok(Chosen::Evdev));
+        assert!(c.reasons.iter().any(|r| r.contains("any user")), "{c:?}");
     }
 }

@@ -8,18 +8,30 @@
 //!
 //! # Why Linux runs zenity itself
 //!
-//! rfd's Linux message dialog (feature `xdg-portal`) runs `zenity --question --ok-label A
-//! --cancel-label B` and reads only the exit status. That gives three ways to a false "Allow":
-//! zenity focuses the OK button, so Enter answers OK; a window destroyed from outside (there is
-//! no window manager to ask it to close) makes zenity exit 0, the same status as OK; and without
-//! zenity rfd answers Cancel silently, so a missing backend cannot be reported. Here zenity runs
+//! The usual way, `zenity --question --ok-label A --cancel-label B` judged by its exit status,
+//! gives three ways to a false "Allow": zenity focuses the OK button, so Enter answers OK; a
+//! window destroyed from outside (there is no window manager to ask it to close) makes zenity
+//! exit 0, the same status as OK; and a missing zenity looks like Cancel, so a missing backend
+//! cannot be reported. Here zenity runs
 //! with `--switch` (no OK/Cancel buttons at all) and two extra buttons, "Not now" first so it
 //! holds the focus; zenity prints the label of the extra button clicked, and only the exact
 //! text `Allow` on its standard output counts. A missing program is [`Answer::Unavailable`].
 //!
-//! On Windows and macOS rfd's native message boxes are used, with "Not now" as the first
-//! (default) button and "Allow" second: Enter answers the default button on both, and Escape
-//! or closing answers `Cancel`, which is not "Allow" either.
+//! # Windows: a Yes/No message box
+//!
+//! `MessageBoxW` with Yes and No buttons only (`MB_YESNO`), No the default (`MB_DEFBUTTON2`),
+//! and the text saying "Yes = Allow, No = Not now". A Yes/No box has no Cancel, so Escape and
+//! the close box are disabled; Enter answers the default, No. Only `IDYES` is consent
+//! ([`windows_result`]).
+//!
+//! # macOS: osascript in a child process
+//!
+//! A dialog needs the main thread and the application's event loop, which the agent's runtime
+//! holds; `/usr/bin/osascript` shows it as a process of its own instead. Its script is fixed;
+//! the title and the text reach it as arguments (`on run argv`), never spliced into the
+//! script, so no notice text can change what it runs. "Not now" is both the default and the
+//! cancel button (Enter and Escape answer it, and cancelling exits with an error); only the
+//! exact output `button returned:Allow` with exit status 0 counts ([`osascript_result`]).
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -86,9 +98,13 @@ pub fn dialog_text(notice: &str) -> String {
 
 /// The dialog of this OS.
 pub fn system_dialog() -> Arc<dyn ConsentDialog> {
-    #[cfg(any(windows, target_os = "macos"))]
+    #[cfg(windows)]
     {
-        Arc::new(native::Native)
+        Arc::new(windows::MessageBox)
+    }
+    #[cfg(target_os = "macos")]
+    {
+        Arc::new(Osascript::default())
     }
     #[cfg(not(any(windows, target_os = "macos")))]
     {
@@ -141,80 +157,112 @@ impl Zenity {
         if let Some(d) = &self.display {
             c.env("DISPLAY", d).env_remove("WAYLAND_DISPLAY");
         }
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         c
     }
 }
 
 impl ConsentDialog for Zenity {
     fn ask(&self, text: &str) -> Answer {
-        let mut child = match self.command(text).spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Answer::Unavailable(format!(
-                    "no dialog program: `{}` is not installed (on Debian and Ubuntu: apt install zenity)",
-                    self.program
-                ));
-            }
-            Err(e) => {
-                return Answer::Unavailable(format!("`{}` cannot run: {e}", self.program));
-            }
-        };
-        // Drained on their own threads, so a chatty GTK cannot fill a pipe and stall zenity.
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut buf);
-                }
-                buf
-            })
-        };
-        let stdout = drain(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let stderr = drain(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        *lock(&self.open) = Some(child);
-        // Polled, not waited on, so that `close` can take the child and kill it meanwhile.
-        let status = loop {
-            let mut open = lock(&self.open);
-            let Some(c) = open.as_mut() else {
-                return Answer::NotNow;
-            };
-            match c.try_wait() {
-                Ok(Some(status)) => {
-                    open.take();
-                    break status;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    open.take();
-                    return Answer::Unavailable(format!("the dialog cannot be watched: {e}"));
-                }
-            }
-            drop(open);
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = stdout.join().unwrap_or_default();
-        let err = stderr.join().unwrap_or_default();
-        interpret(status.code(), &out, &err)
+        match run(
+            &self.open,
+            self.command(text),
+            &self.program,
+            "on Debian and Ubuntu: apt install zenity",
+        ) {
+            Ok((code, out, err)) => interpret(code, &out, &err),
+            Err(a) => a,
+        }
     }
 
     fn close(&self) {
-        if let Some(mut c) = lock(&self.open).take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        kill(&self.open);
+    }
+}
+
+/// How a dialog program ended: its exit code (`None`: killed by a signal), standard output and
+/// standard error.
+type Ended = (Option<i32>, Vec<u8>, Vec<u8>);
+
+/// Runs a dialog program to its end and returns its exit code, standard output and error.
+/// `open` holds the child meanwhile, so that [`kill`] can end it from another thread (that
+/// answers [`Answer::NotNow`]). A program that cannot start is [`Answer::Unavailable`], with
+/// `install` as the hint when it is missing.
+fn run(
+    open: &Mutex<Option<Child>>,
+    mut command: Command,
+    program: &str,
+    install: &str,
+) -> Result<Ended, Answer> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Answer::Unavailable(format!(
+                "no dialog program: `{program}` is not installed ({install})"
+            )));
         }
+        Err(e) => {
+            return Err(Answer::Unavailable(format!("`{program}` cannot run: {e}")));
+        }
+    };
+    // Drained on their own threads, so a chatty program cannot fill a pipe and stall.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    *lock(open) = Some(child);
+    // Polled, not waited on, so that `kill` can take the child meanwhile.
+    let status = loop {
+        let mut held = lock(open);
+        let Some(c) = held.as_mut() else {
+            return Err(Answer::NotNow);
+        };
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                held.take();
+                break status;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                held.take();
+                return Err(Answer::Unavailable(format!(
+                    "the dialog cannot be watched: {e}"
+                )));
+            }
+        }
+        drop(held);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    Ok((status.code(), out, err))
+}
+
+/// Ends the dialog program [`run`] is waiting for, if any.
+fn kill(open: &Mutex<Option<Child>>) {
+    if let Some(mut c) = lock(open).take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -229,43 +277,147 @@ fn interpret(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Answer {
     match (code, said.trim_end_matches(['\n', '\r'])) {
         (_, ALLOW) => Answer::Allow,
         (Some(0 | 1), _) => Answer::NotNow,
-        (code, _) => {
-            let err = String::from_utf8_lossy(stderr);
-            let first = err
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("no message");
-            Answer::Unavailable(format!(
-                "the dialog could not be shown (zenity exit {}: {first})",
-                code.map_or_else(|| "by signal".to_owned(), |c| c.to_string())
-            ))
+        (code, _) => failed("zenity", code, stderr),
+    }
+}
+
+/// A dialog program that failed: its exit and the first line it wrote to standard error.
+fn failed(program: &str, code: Option<i32>, stderr: &[u8]) -> Answer {
+    let err = String::from_utf8_lossy(stderr);
+    let first = err
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message");
+    Answer::Unavailable(format!(
+        "the dialog could not be shown ({program} exit {}: {first})",
+        code.map_or_else(|| "by signal".to_owned(), |c| c.to_string())
+    ))
+}
+
+/// `MessageBoxW`'s answer for Yes (the value of `IDYES`).
+pub const IDYES: i32 = 6;
+
+/// The text of the Windows message box: its buttons are Yes and No, so it says which is which.
+pub fn windows_text(text: &str) -> String {
+    format!("{text}\n\nYes = {ALLOW}, No = {NOT_NOW}.")
+}
+
+/// Reads `MessageBoxW`'s answer: only Yes is consent. 0 means the box could not be shown.
+pub fn windows_result(code: i32) -> Answer {
+    match code {
+        IDYES => Answer::Allow,
+        0 => Answer::Unavailable("the message box could not be shown".into()),
+        _ => Answer::NotNow,
+    }
+}
+
+/// The fixed AppleScript: the title and the text are its arguments, never part of it.
+const OSASCRIPT: [&str; 3] = [
+    "on run argv",
+    "display dialog (item 2 of argv) with title (item 1 of argv) buttons {\"Not now\", \"Allow\"} \
+     default button \"Not now\" cancel button \"Not now\" with icon caution",
+    "end run",
+];
+
+/// The macOS dialog: `osascript` in a child process (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Osascript {
+    /// The program to run: `/usr/bin/osascript` unless a test says otherwise.
+    pub program: String,
+    /// The osascript process while a dialog is open, so that [`ConsentDialog::close`] can end
+    /// it.
+    pub open: Arc<Mutex<Option<Child>>>,
+}
+
+impl Default for Osascript {
+    fn default() -> Osascript {
+        Osascript {
+            program: "/usr/bin/osascript".into(),
+            open: Arc::default(),
         }
     }
 }
 
-#[cfg(any(windows, target_os = "macos"))]
-mod native {
-    //! rfd's native message box; "Not now" is the first (default) button.
-    use super::{ALLOW, Answer, ConsentDialog, NOT_NOW, TITLE};
+impl Osascript {
+    /// The command line: the script as `-e` lines, then the title (which starts with a letter,
+    /// so no text can be read as an option) and the text.
+    fn command(&self, text: &str) -> Command {
+        let mut c = Command::new(&self.program);
+        for line in OSASCRIPT {
+            c.arg("-e").arg(line);
+        }
+        c.arg(TITLE).arg(text);
+        c
+    }
+}
 
-    pub(super) struct Native;
+impl ConsentDialog for Osascript {
+    fn ask(&self, text: &str) -> Answer {
+        match run(
+            &self.open,
+            self.command(text),
+            &self.program,
+            "it comes with macOS",
+        ) {
+            Ok((code, out, err)) => osascript_result(code, &out, &err),
+            Err(a) => a,
+        }
+    }
 
-    impl ConsentDialog for Native {
+    fn close(&self) {
+        kill(&self.open);
+    }
+}
+
+/// Reads osascript's answer: `button returned:Allow` with exit status 0 is consent. "Not now"
+/// (the cancel button, also Enter and Escape) exits 1 with "User canceled. (-128)"; any other
+/// failure means no dialog could be shown.
+pub fn osascript_result(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Answer {
+    let said = String::from_utf8_lossy(stdout);
+    let said = said.trim_end_matches(['\n', '\r']);
+    match code {
+        Some(0) if said == format!("button returned:{ALLOW}") => Answer::Allow,
+        Some(0) => Answer::NotNow,
+        Some(1) if String::from_utf8_lossy(stderr).contains("(-128)") => Answer::NotNow,
+        code => failed("osascript", code, stderr),
+    }
+}
+
+/// The call itself; everything around it is tested on every OS.
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod windows {
+    use windows_sys::Win32::UI::WindowsAndMessaging::{
+        MB_DEFBUTTON2, MB_ICONQUESTION, MB_SETFOREGROUND, MB_TOPMOST, MB_YESNO, MessageBoxW,
+    };
+
+    use super::{Answer, ConsentDialog, TITLE, windows_result, windows_text};
+
+    // The answer decoded on every OS is the one the OS gives.
+    const _: () = assert!(super::IDYES == windows_sys::Win32::UI::WindowsAndMessaging::IDYES);
+
+    pub(super) struct MessageBox;
+
+    fn wide(s: &str) -> Vec<u16> {
+        s.encode_utf16().chain(std::iter::once(0)).collect()
+    }
+
+    impl ConsentDialog for MessageBox {
         fn ask(&self, text: &str) -> Answer {
-            let r = rfd::MessageDialog::new()
-                .set_title(TITLE)
-                .set_description(text)
-                .set_level(rfd::MessageLevel::Info)
-                .set_buttons(rfd::MessageButtons::OkCancelCustom(
-                    NOT_NOW.to_owned(),
-                    ALLOW.to_owned(),
-                ))
-                .show();
-            match r {
-                rfd::MessageDialogResult::Custom(label) if label == ALLOW => Answer::Allow,
-                _ => Answer::NotNow,
-            }
+            let text = wide(&windows_text(text));
+            let title = wide(TITLE);
+            // SAFETY: both strings are NUL-terminated UTF-16 buffers that live until the call
+            // returns; a null owner window is allowed (the box has no owner).
+            let code = unsafe {
+                MessageBoxW(
+                    std::ptr::null_mut(),
+                    text.as_ptr(),
+                    title.as_ptr(),
+                    MB_YESNO | MB_DEFBUTTON2 | MB_ICONQUESTION | MB_TOPMOST | MB_SETFOREGROUND,
+                )
+            };
+            windows_result(code)
         }
     }
 }
@@ -301,6 +453,93 @@ mod tests {
             Answer::Unavailable(m) => assert!(m.contains("not installed"), "{m}"),
             other => panic!("a missing dialog program answered {other:?}"),
         }
+    }
+
+    #[test]
+    fn on_windows_only_yes_is_consent() {
+        assert_eq!(windows_result(IDYES), Answer::Allow);
+        // IDNO (Enter hits the default, No), and IDCANCEL, which a Yes/No box never gives.
+        assert_eq!(windows_result(7), Answer::NotNow);
+        assert_eq!(windows_result(2), Answer::NotNow);
+        assert!(matches!(windows_result(0), Answer::Unavailable(_)));
+        let t = windows_text("ACME notice.");
+        assert!(t.starts_with("ACME notice.") && t.ends_with("Yes = Allow, No = Not now."));
+    }
+
+    #[test]
+    fn on_macos_only_the_allow_button_is_consent() {
+        assert_eq!(
+            osascript_result(Some(0), b"button returned:Allow\n", b""),
+            Answer::Allow
+        );
+        assert_eq!(
+            osascript_result(Some(0), b"button returned:Not now\n", b""),
+            Answer::NotNow
+        );
+        // "Not now" is the cancel button: Enter, Escape and the button itself.
+        assert_eq!(
+            osascript_result(Some(1), b"", b"execution error: User canceled. (-128)\n"),
+            Answer::NotNow
+        );
+        // The right words with a failure status, or other words, are not consent.
+        assert!(matches!(
+            osascript_result(Some(1), b"button returned:Allow\n", b"oops"),
+            Answer::Unavailable(_)
+        ));
+        assert_eq!(
+            osascript_result(Some(0), b"button returned:Allowed\n", b""),
+            Answer::NotNow
+        );
+        assert_eq!(
+            osascript_result(Some(0), b"button returned:Allow, gave up:false\n", b""),
+            Answer::NotNow
+        );
+        assert!(matches!(
+            osascript_result(Some(1), b"", b"execution error: No user interaction allowed. (-1713)\n"),
+            Answer::Unavailable(m) if m.contains("-1713")
+        ));
+        assert!(matches!(
+            osascript_result(None, b"", b""),
+            Answer::Unavailable(_)
+        ));
+    }
+
+    /// A stand-in for osascript that records its arguments and answers Allow.
+    #[cfg(unix)]
+    #[test]
+    fn osascript_gets_the_text_as_an_argument_never_in_its_script() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cadence-osascript-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("argv");
+        let fake = dir.join("osascript");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n--\\n' \"$a\"; done > '{}'\necho 'button returned:Allow'\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let o = Osascript {
+            program: fake.display().to_string(),
+            ..Osascript::default()
+        };
+        let evil = "-e \"quoted\" } & do shell script \"touch /tmp/x\" & {";
+        assert_eq!(o.ask(evil), Answer::Allow);
+        let argv = std::fs::read_to_string(&log).unwrap();
+        let args: Vec<&str> = argv.split("\n--\n").filter(|a| !a.is_empty()).collect();
+        let mut want = Vec::new();
+        for line in OSASCRIPT {
+            want.push("-e");
+            want.push(line);
+        }
+        want.push(TITLE);
+        want.push(evil);
+        assert_eq!(args, want);
+        assert!(OSASCRIPT[1].contains("default button \"Not now\" cancel button \"Not now\""));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -6,5 +6,6 @@
 //! other than the records already sent, exactly as sent.
 
 pub mod dialog;
+pub mod notify;
 pub mod pages;
 pub mod tray;

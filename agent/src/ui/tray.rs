@@ -7,8 +7,9 @@
 //!
 //! Linux uses tray-icon's pure-Rust StatusNotifierItem backend (ksni over D-Bus, no GTK).
 //! That backend registers blindly (it assumes a StatusNotifierWatcher is there), so the thread
-//! first asks the session bus whether one is; without one it logs that there is no tray and
-//! ends, and the agent goes on without it (`cadence-agent status` still tells the state).
+//! first asks the session bus whether one is; without one there is no tray, and the daemon
+//! shows the state in desktop notifications instead ([`super::notify`]), or says that it is
+//! shown nowhere (`cadence-agent status` still tells the state).
 //! On Windows and macOS the same code would use tray-icon's native backends, but those need
 //! the OS's UI event loop on the icon's thread, which the agent does not run yet: there the
 //! tray reports itself unavailable (see `watcher_present`).

@@ -1,5 +1,5 @@
 //! The evdev devices themselves (Linux only): finding keyboards, mice and touchpads under
-//! `/dev/input`, following hot-plug, and reading them through [`pump`](super::pump).
+//! `/dev/input`, following hot-plug, and reading them through [`super::pump`].
 //!
 //! Owns the open device files, an inotify watch on `/dev/input`, and a stop pipe. Needs only
 //! read access to the event nodes, which members of the `input` group have; never grabs a
@@ -13,8 +13,10 @@
 //! flag is raised.
 //!
 //! Event devices deliver input whatever login session is in front, so the loop asks logind
-//! (at most once a second, and only while events flow) whether this user's session is the
-//! active one, and drops what arrives while it is not ([`SessionGate`]).
+//! (a small file on tmpfs, read for every batch of events, so only while events flow) whether
+//! this user's session is the active one, and drops what arrives while it is not
+//! ([`SessionGate`]). Where that cannot be told (no logind), automatic backend choice never
+//! picks evdev; only an explicit `--capture evdev` reads the devices then.
 //!
 //! The unsafe code here is the FFI to libc, each block with its `SAFETY` argument; nothing
 //! else in the crate may use `unsafe`.
@@ -44,8 +46,6 @@ pub const INPUT_DIR: &str = "/dev/input";
 
 /// How often the idle watcher checks whether the device loop ended by itself.
 const STOP_IDLE_CHECK: Duration = Duration::from_secs(2);
-/// How long a look at the login session's state is trusted while events flow.
-const SESSION_RECHECK: Duration = Duration::from_secs(1);
 /// Where logind describes each login session.
 const LOGIND_SESSIONS: &str = "/run/systemd/sessions";
 /// Where logind describes the main seat (its `ACTIVE_UID=` is the user in front).
@@ -75,13 +75,13 @@ enum SessionSource {
 /// Whether this user's session is the one in front. Event devices deliver input whatever
 /// session is active, so after a switch to another user's session (or another console) the
 /// devices would carry *their* input: it is read and dropped, never handed on, and the
-/// return is a gap. Looked at only while events flow, at most once per [`SESSION_RECHECK`].
-/// Without logind the session counts as active, and `doctor` says that this cannot be told.
+/// return is a gap. Read afresh for every batch of events (never cached: a cached "active"
+/// would let the next user's first keys through). A state file that cannot be read or does
+/// not say "active" closes the gate. Without logind it cannot be told ([`Self::is_known`]):
+/// the gate then stays open, which only an explicit `--capture evdev` accepts.
 #[derive(Debug)]
 pub struct SessionGate {
     source: SessionSource,
-    /// When the state was last read, and what it said.
-    checked: Option<(std::time::Instant, bool)>,
 }
 
 impl SessionGate {
@@ -109,10 +109,12 @@ impl SessionGate {
             },
             _ => SessionSource::Unknown,
         };
-        SessionGate {
-            source,
-            checked: None,
-        }
+        SessionGate { source }
+    }
+
+    /// Whether the gate can tell if this user's session is in front (logind is there).
+    pub fn is_known(&self) -> bool {
+        self.source != SessionSource::Unknown
     }
 
     /// How the gate tells, in words, for `doctor`.
@@ -124,35 +126,27 @@ impl SessionGate {
             }
             SessionSource::Unknown => {
                 "cannot be told (no logind): evdev would also read another signed-in user's \
-                 input after a user switch"
+                 input after a user switch, so it is never chosen automatically (only \
+                 --capture evdev reads the devices then)"
                     .into()
             }
         }
     }
 
-    /// Whether this user's session is in front now (cached for [`SESSION_RECHECK`]).
-    pub fn active(&mut self, now: std::time::Instant) -> bool {
-        if let Some((at, active)) = self.checked
-            && now.saturating_duration_since(at) < SESSION_RECHECK
-        {
-            return active;
-        }
+    /// Whether this user's session is in front now, read from logind's state file each
+    /// call. A missing file (the session ended), an unreadable one or one without the field
+    /// counts as not in front.
+    pub fn active(&self) -> bool {
         let read = |f: &Path| std::fs::read_to_string(f).ok();
-        let active = match &self.source {
-            SessionSource::Session(f) => read(f)
-                .and_then(|t| match logind_value(&t, "ACTIVE") {
-                    Some("1") => Some(true),
-                    Some("0") => Some(false),
-                    _ => None,
-                })
-                .unwrap_or(true),
-            SessionSource::Seat { file, uid } => read(file)
-                .and_then(|t| logind_value(&t, "ACTIVE_UID").and_then(|u| u.parse::<u32>().ok()))
-                .is_none_or(|active_uid| active_uid == *uid),
+        match &self.source {
+            SessionSource::Session(f) => {
+                read(f).is_some_and(|t| logind_value(&t, "ACTIVE") == Some("1"))
+            }
+            SessionSource::Seat { file, uid } => read(file).is_some_and(|t| {
+                logind_value(&t, "ACTIVE_UID").and_then(|u| u.parse::<u32>().ok()) == Some(*uid)
+            }),
             SessionSource::Unknown => true,
-        };
-        self.checked = Some((now, active));
-        active
+        }
     }
 }
 
@@ -442,7 +436,7 @@ impl Devices {
             self.open.push(Device {
                 path,
                 ino: key.1,
-                decoder: DeviceDecoder::new(Layout::NATIVE, is_virtual(fd)),
+                decoder: DeviceDecoder::new(Layout::NATIVE),
                 file,
                 time,
             });
@@ -570,7 +564,7 @@ fn read_loop(
 ) -> Result<(), CaptureError> {
     // Events from several devices interleave in read order; the stream stays non-decreasing.
     let mut last_t = 0u64;
-    let mut session = SessionGate::from_env();
+    let session = SessionGate::from_env();
     let mut was_active = true;
     loop {
         if stop.is_raised() {
@@ -599,7 +593,8 @@ fn read_loop(
         }
         let mut closed = false;
         let mut gone = Vec::new();
-        let active = session.active(std::time::Instant::now());
+        // Read for this batch, before any of its events is handed on.
+        let active = session.active();
         if active != was_active {
             tracing::info!(active, "evdev: this login session is in front: {active}");
             if active {
@@ -826,37 +821,43 @@ mod tests {
         assert_eq!(logind_value(text, "STATE"), None);
         let dir = std::env::temp_dir().join(format!("cadence-session-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let t0 = std::time::Instant::now();
-        // A session file that says inactive closes the gate until it says active again.
+        // A session file that says inactive closes the gate, and the very next look after
+        // it changes sees the change (no cached answer).
         let file = dir.join("7");
         std::fs::write(&file, "ACTIVE=0\n").unwrap();
-        let mut gate = SessionGate {
+        let gate = SessionGate {
             source: SessionSource::Session(file.clone()),
-            checked: None,
         };
-        assert!(!gate.active(t0));
+        assert!(gate.is_known());
+        assert!(!gate.active());
         std::fs::write(&file, "ACTIVE=1\n").unwrap();
-        assert!(!gate.active(t0), "cached within the recheck interval");
-        assert!(gate.active(t0 + SESSION_RECHECK));
+        assert!(gate.active());
+        std::fs::write(&file, "ACTIVE=0\n").unwrap();
+        assert!(!gate.active(), "a switch away is seen at the next batch");
+        // The session ended (its file is gone), or the file says nothing: closed.
+        std::fs::write(&file, "UID=1000\n").unwrap();
+        assert!(!gate.active());
+        std::fs::remove_file(&file).unwrap();
+        assert!(!gate.active());
         // Without a session id: the seat's active user must be this user.
         let seat = dir.join("seat0");
         std::fs::write(&seat, "ACTIVE=3\nACTIVE_UID=1001\n").unwrap();
-        let mut gate = SessionGate {
+        let gate = SessionGate {
             source: SessionSource::Seat {
                 file: seat.clone(),
                 uid: 1000,
             },
-            checked: None,
         };
-        assert!(!gate.active(t0), "another user is in front");
+        assert!(!gate.active(), "another user is in front");
         std::fs::write(&seat, "ACTIVE=2\nACTIVE_UID=1000\n").unwrap();
-        assert!(gate.active(t0 + SESSION_RECHECK));
-        // No logind: counted as active, and said so.
-        let mut none = SessionGate {
+        assert!(gate.active());
+        std::fs::write(&seat, "ACTIVE=\n").unwrap();
+        assert!(!gate.active(), "nobody in front (a greeter)");
+        // No logind: it cannot be told, and is said so.
+        let none = SessionGate {
             source: SessionSource::Unknown,
-            checked: None,
         };
-        assert!(none.active(t0));
+        assert!(!none.is_known());
         assert!(none.describe().contains("cannot be told"));
         let _ = std::fs::remove_dir_all(&dir);
     }
