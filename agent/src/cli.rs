@@ -307,7 +307,10 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => replay(a),
         Command::Enroll(a) => with_runtime(enroll(dir, &managed, a)),
         Command::Consent(a) => with_runtime(consent(dir, &managed, a)),
-        Command::Run(a) => with_runtime(run(dir, &managed, a)),
+        // On macOS the main thread stays for the tray icon's AppKit events.
+        Command::Run(a) => {
+            crate::ui::uiloop::with_main_thread_ui(|| with_runtime(run(dir, &managed, a)))
+        }
         Command::Status(a) => with_runtime(status(dir, a)),
         Command::Show(a) => show(dir, a),
         // INVARIANT: handled before the configuration is resolved, above.

@@ -797,14 +797,30 @@ fn consent_sealed_at_start(dir: &Path, next_seq: u64) -> Result<u64, DaemonError
 /// Seals every consent journal entry not sealed yet, in order, each under a marker written
 /// before its record is spooled (so a crash cannot seal one twice). A `consent.json` the
 /// journal does not end with (written by hand) is taken into the journal first.
+///
+/// A journal that ends below the last entry sealed has started again (deleted, or replaced by
+/// a shorter one): its entries are new decisions, so the marker goes back to 0 and all of
+/// them are sealed. The decision in force may then reach the verifier a second time, which
+/// is better than the new ones never reaching it. A replacement at least as long as the
+/// marker cannot be told from the journal it replaced.
 fn seal_decisions(shared: &Shared) -> Result<(), DaemonError> {
     let dir = &shared.cfg.data_dir;
     ConsentJournal::adopt(dir)?;
-    let sealed = *lock(&shared.consent_sealed);
-    for e in ConsentJournal::load(dir)?
-        .into_iter()
-        .filter(|e| e.index > sealed)
-    {
+    let journal = ConsentJournal::load(dir)?;
+    let mut sealed = *lock(&shared.consent_sealed);
+    let last = journal.last().map_or(0, |e| e.index);
+    if last < sealed {
+        tracing::warn!(
+            last,
+            sealed,
+            "the consent journal ends below the last entry sealed (deleted or replaced): \
+             sealing its entries from the first"
+        );
+        ConsentSealed::default().save(dir)?;
+        sealed = 0;
+        *lock(&shared.consent_sealed) = 0;
+    }
+    for e in journal.into_iter().filter(|e| e.index > sealed) {
         let c = &e.consent;
         let rec = ConsentRecord {
             decision: c.decision,
@@ -825,6 +841,124 @@ fn seal_decisions(shared: &Shared) -> Result<(), DaemonError> {
         tracing::info!(seq, index = e.index, decision = ?c.decision, "consent decision recorded for the verifier");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod seal_decisions_tests {
+    use super::*;
+    use cadence_wire::records::Decision;
+
+    /// A daemon's shared state on `dir`, without capture, delivery or a screen.
+    fn shared(dir: &Path) -> Shared {
+        let (spool, recovery) = Spool::open(&dir.join("spool"), 1 << 20).unwrap();
+        let enrollment = Enrollment {
+            server: "https://127.0.0.1:1".into(),
+            device_id: cadence_wire::DeviceId::random().unwrap(),
+            verifier_public_key: cadence_wire::VerifierKeyPair::generate()
+                .unwrap()
+                .public_key(),
+            ca_pem: "pem".into(),
+            os_user: "u".into(),
+            enrolled_at_ms: 1,
+        };
+        let next_seq = recovery.next_seq.max(1);
+        Shared {
+            cfg: RunConfig {
+                data_dir: dir.to_owned(),
+                source: SourceSpec::None,
+                policy: WindowPolicy::default(),
+                spool_max_bytes: 1 << 20,
+                heartbeat: Duration::from_secs(60),
+                notice: "n".into(),
+                on_shutdown: PartialWindow::Discard,
+                exit_when_done: false,
+                on_injection: LocalAction::None,
+                consent_policy: Policy::default(),
+                ui: false,
+            },
+            outbox: Mutex::new(Outbox {
+                spool,
+                next_seq,
+                key: DeviceSigningKey::generate().unwrap(),
+                enrollment,
+                spooled_at: HashMap::new(),
+                dir: dir.to_owned(),
+            }),
+            status: Mutex::new(AgentStatus::default()),
+            spooled: Notify::new(),
+            reload: Notify::new(),
+            source_done: AtomicBool::new(true),
+            tray: Mutex::new(None),
+            consent_sealed: Mutex::new(consent_sealed_at_start(dir, next_seq).unwrap()),
+            notifier: Mutex::new(None),
+        }
+    }
+
+    fn decide(dir: &Path, decision: Decision, at_ms: u64) {
+        let c = ConsentFile {
+            decision,
+            notice_sha256: state::notice_hash("n"),
+            at_ms,
+            os_user: "u".into(),
+            until_ms: None,
+        };
+        ConsentJournal::decide(dir, |_| Ok::<_, ()>(Some(c)))
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The consent records sealed so far, from the transparency file: decision and time.
+    fn sealed(dir: &Path) -> Vec<(Decision, u64)> {
+        Recent::load(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == "consent")
+            .map(|r| {
+                let c: ConsentRecord = serde_json::from_str(&r.payload).unwrap();
+                (c.decision, c.at_ms)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decisions_in_a_journal_that_started_again_are_sealed() {
+        let dir = std::env::temp_dir().join(format!("cadence-reseal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        state::ensure_dir(&dir).unwrap();
+        let shared = shared(&dir);
+        decide(&dir, Decision::Granted, 1);
+        decide(&dir, Decision::Withdrawn, 2);
+        decide(&dir, Decision::Granted, 3);
+        seal_decisions(&shared).unwrap();
+        assert_eq!(sealed(&dir).len(), 3);
+        // The journal goes (deleted by hand, a cleaner); its entries start again at 1.
+        std::fs::remove_file(dir.join("consent-journal.jsonl")).unwrap();
+        decide(&dir, Decision::Withdrawn, 4);
+        seal_decisions(&shared).unwrap();
+        let all = sealed(&dir);
+        // The grant in force was taken into the new journal, so it is sealed again.
+        assert_eq!(
+            all,
+            [
+                (Decision::Granted, 1),
+                (Decision::Withdrawn, 2),
+                (Decision::Granted, 3),
+                (Decision::Granted, 3),
+                (Decision::Withdrawn, 4)
+            ],
+            "the withdrawal reaches the verifier"
+        );
+        assert_eq!(ConsentSealed::load(&dir).unwrap().map(|m| m.index), Some(2));
+        // From then on, each entry once.
+        decide(&dir, Decision::Granted, 5);
+        seal_decisions(&shared).unwrap();
+        seal_decisions(&shared).unwrap();
+        let now = sealed(&dir);
+        assert_eq!(now.len(), all.len() + 1);
+        assert_eq!(now.last(), Some(&(Decision::Granted, 5)));
+        assert_eq!(*lock(&shared.consent_sealed), 3);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
 
 fn make_source(spec: &SourceSpec, clock: MonoClock) -> Result<Box<dyn InputSource>, DaemonError> {

@@ -339,8 +339,10 @@ pub struct JournalEntry {
 /// daemon's quick look. Every writer (the `consent` command, the tray, a pause running out)
 /// goes through [`ConsentJournal::decide`], which holds the lock file `consent.lock` while it
 /// reads the current decision, decides and writes both files: a decision is always made about
-/// the latest one, never about a stale copy. A line cut short by a crash is skipped when read
-/// and the next entry starts on a line of its own.
+/// the latest one, never about a stale copy. `consent.json` is written first, since capture
+/// follows it; an entry a crash kept out of the journal is appended on the next decision or
+/// daemon turn. A line cut short by a crash is skipped when read and the next entry starts on
+/// a line of its own.
 pub struct ConsentJournal;
 
 impl ConsentJournal {
@@ -377,7 +379,21 @@ impl ConsentJournal {
         out
     }
 
-    /// Appends `c` after the last entry and makes it the current decision. Call under the lock.
+    /// Makes `c` the current decision, then journals it; its index. Call under the lock.
+    ///
+    /// `consent.json` first, because capture follows it: a crash or a failed write between
+    /// the two leaves the new decision in force (a withdrawal stops capture at once) and the
+    /// journal one entry behind, which [`ConsentJournal::catch_up`] then fills in with that
+    /// same decision. The other order would leave the decision before in force (a grant the
+    /// user has just withdrawn) and have it journaled again as if it were new.
+    fn record(dir: &Path, c: &ConsentFile) -> Result<u64, StateError> {
+        c.save(dir)?;
+        #[cfg(test)]
+        tests::crash_point(dir)?;
+        Self::append(dir, c)
+    }
+
+    /// Appends `c` after the last entry; its index. Call under the lock.
     fn append(dir: &Path, c: &ConsentFile) -> Result<u64, StateError> {
         let path = Self::path(dir);
         let text = match fs::read(&path) {
@@ -409,22 +425,60 @@ impl ConsentJournal {
         let mut f = opts.open(&path).map_err(io(&path))?;
         f.write_all(&line).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
-        c.save(dir)?;
         Ok(index)
     }
 
+    /// Brings the journal and `consent.json` together; the index of the entry it appended, if
+    /// any. Call under the lock.
+    ///
+    /// A `consent.json` the journal does not end with is the decision in force that the
+    /// journal missed (a crash between [`ConsentJournal::record`]'s two writes, a file written
+    /// by hand or by an agent from before the journal): it is appended. One that is a copy of
+    /// an earlier entry fell behind the journal instead (left by agents that journaled first
+    /// and were cut off before `consent.json`, or restored from a backup): the journal's last
+    /// entry is the user's latest decision, so it becomes current again and nothing is
+    /// appended. (A new decision is never equal to an earlier one: each carries the
+    /// millisecond it was made.)
+    fn catch_up(dir: &Path) -> Result<Option<u64>, StateError> {
+        let Some(current) = ConsentFile::load(dir)? else {
+            return Ok(None);
+        };
+        let journal = Self::load(dir)?;
+        match journal.split_last() {
+            Some((last, _)) if last.consent == current => Ok(None),
+            Some((last, earlier)) if earlier.iter().any(|e| e.consent == current) => {
+                tracing::warn!(
+                    index = last.index,
+                    "consent.json held an earlier decision than the journal's last: the last is \
+                     in force again"
+                );
+                last.consent.save(dir)?;
+                Ok(None)
+            }
+            _ => Self::append(dir, &current).map(Some),
+        }
+    }
+
     /// Decides about the current decision under the lock: `f` sees the latest decision and
-    /// returns the new one (`None`: nothing changes), which is appended and becomes current.
-    /// `f`'s own refusal comes back as the inner error.
+    /// returns the new one (`None`: nothing changes), which becomes current and is appended.
+    /// `f`'s own refusal comes back as the inner error. The decision in force is journaled
+    /// first if the journal missed it (as [`ConsentJournal::adopt`] does), so that every
+    /// decision reaches the journal, in order.
     pub fn decide<E>(
         dir: &Path,
         f: impl FnOnce(Option<&ConsentFile>) -> Result<Option<ConsentFile>, E>,
     ) -> Result<Result<Option<ConsentFile>, E>, StateError> {
         Self::locked(dir, || {
+            // A journal that cannot be read or written must not keep the user from deciding,
+            // above all from withdrawing: capture follows consent.json, written regardless,
+            // and the journal catches up once it can be written.
+            if let Err(e) = Self::catch_up(dir) {
+                tracing::warn!("the consent journal cannot catch up: {e}");
+            }
             let current = ConsentFile::load(dir)?;
             match f(current.as_ref()) {
                 Ok(Some(new)) => {
-                    Self::append(dir, &new)?;
+                    Self::record(dir, &new)?;
                     Ok(Ok(Some(new)))
                 }
                 other => Ok(other),
@@ -432,18 +486,12 @@ impl ConsentJournal {
         })
     }
 
-    /// Takes a `consent.json` the journal does not end with (written by hand, or by an agent
-    /// from before the journal) into it as a decision of its own; its index when it did.
+    /// Takes a `consent.json` the journal does not end with (written by hand, by an agent
+    /// from before the journal, or left by a crash before its entry) into it as a decision of
+    /// its own; its index when it did. A `consent.json` that is a copy of an earlier entry is
+    /// replaced by the journal's last entry instead, the user's latest decision.
     pub fn adopt(dir: &Path) -> Result<Option<u64>, StateError> {
-        Self::locked(dir, || {
-            let Some(current) = ConsentFile::load(dir)? else {
-                return Ok(None);
-            };
-            if Self::load(dir)?.last().map(|e| &e.consent) == Some(&current) {
-                return Ok(None);
-            }
-            Self::append(dir, &current).map(Some)
-        })
+        Self::locked(dir, || Self::catch_up(dir))
     }
 }
 
@@ -840,6 +888,149 @@ mod tests {
         assert_eq!(ConsentJournal::adopt(&dir).unwrap(), None, "already there");
         decision(Decision::Withdrawn, 6).save(&dir).unwrap();
         assert_eq!(ConsentJournal::adopt(&dir).unwrap(), Some(2));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    thread_local! {
+        /// Set by a test: the next decision stops between its two writes, as if the process
+        /// had been killed there (or the second write had failed).
+        static CRASH_BETWEEN_WRITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Called by [`ConsentJournal`] between its two writes of a decision.
+    pub(super) fn crash_point(dir: &Path) -> Result<(), StateError> {
+        if CRASH_BETWEEN_WRITES.with(|c| c.replace(false)) {
+            return Err(StateError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other("simulated crash between the two writes"),
+            });
+        }
+        Ok(())
+    }
+
+    fn journaled(dir: &Path) -> Vec<(u64, Decision, u64)> {
+        ConsentJournal::load(dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.index, e.consent.decision, e.consent.at_ms))
+            .collect()
+    }
+
+    fn decide_to(dir: &Path, c: ConsentFile) -> Result<(), StateError> {
+        ConsentJournal::decide(dir, |_| Ok::<_, ()>(Some(c))).map(|r| {
+            r.unwrap();
+        })
+    }
+
+    #[test]
+    fn a_withdrawal_cut_off_halfway_stops_capture_and_is_journaled_once() {
+        let dir = fresh("journal-cut");
+        decide_to(&dir, decision(Decision::Granted, 1)).unwrap();
+        CRASH_BETWEEN_WRITES.with(|c| c.set(true));
+        assert!(decide_to(&dir, decision(Decision::Withdrawn, 2)).is_err());
+        // Capture follows consent.json: it must already say withdrawn.
+        assert_eq!(
+            ConsentFile::load(&dir).unwrap(),
+            Some(decision(Decision::Withdrawn, 2)),
+            "the withdrawal is in force"
+        );
+        // The next start takes the withdrawal into the journal, and only it.
+        assert_eq!(ConsentJournal::adopt(&dir).unwrap(), Some(2));
+        assert_eq!(ConsentJournal::adopt(&dir).unwrap(), None);
+        assert_eq!(
+            journaled(&dir),
+            [(1, Decision::Granted, 1), (2, Decision::Withdrawn, 2)]
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_decision_the_journal_cannot_take_is_still_in_force_and_journaled_later() {
+        let dir = fresh("journal-unwritable");
+        decide_to(&dir, decision(Decision::Granted, 1)).unwrap();
+        let journal = dir.join("consent-journal.jsonl");
+        let kept = fs::read(&journal).unwrap();
+        // Something that cannot be appended to where the journal is.
+        fs::remove_file(&journal).unwrap();
+        fs::create_dir(&journal).unwrap();
+        assert!(decide_to(&dir, decision(Decision::Withdrawn, 2)).is_err());
+        assert_eq!(
+            ConsentFile::load(&dir).unwrap().map(|c| c.decision),
+            Some(Decision::Withdrawn),
+            "a withdrawal stops capture also when the journal cannot be written"
+        );
+        fs::remove_dir(&journal).unwrap();
+        fs::write(&journal, kept).unwrap();
+        // The next decision is made about the withdrawal, which is journaled first.
+        ConsentJournal::decide(&dir, |cur| {
+            assert_eq!(cur.map(|c| c.decision), Some(Decision::Withdrawn));
+            Ok::<_, ()>(Some(decision(Decision::Granted, 3)))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            journaled(&dir),
+            [
+                (1, Decision::Granted, 1),
+                (2, Decision::Withdrawn, 2),
+                (3, Decision::Granted, 3)
+            ]
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_decision_is_made_only_after_the_one_in_force_is_journaled() {
+        let dir = fresh("journal-behind");
+        decide_to(&dir, decision(Decision::Granted, 1)).unwrap();
+        // In force but not journaled: a crash between the two writes, or written by hand.
+        decision(Decision::Withdrawn, 2).save(&dir).unwrap();
+        ConsentJournal::decide(&dir, |cur| {
+            assert_eq!(cur, Some(&decision(Decision::Withdrawn, 2)));
+            assert_eq!(
+                journaled(&dir).last(),
+                Some(&(2, Decision::Withdrawn, 2)),
+                "journaled before the next decision is made"
+            );
+            Ok::<_, ()>(Some(decision(Decision::Granted, 3)))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            journaled(&dir),
+            [
+                (1, Decision::Granted, 1),
+                (2, Decision::Withdrawn, 2),
+                (3, Decision::Granted, 3)
+            ]
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_consent_file_left_behind_the_journal_never_brings_back_an_older_decision() {
+        let dir = fresh("journal-stale");
+        decide_to(&dir, decision(Decision::Granted, 1)).unwrap();
+        decide_to(&dir, decision(Decision::Withdrawn, 2)).unwrap();
+        // What an agent that journaled first left when cut off before consent.json.
+        decision(Decision::Granted, 1).save(&dir).unwrap();
+        assert_eq!(ConsentJournal::adopt(&dir).unwrap(), None);
+        assert_eq!(
+            ConsentFile::load(&dir).unwrap(),
+            Some(decision(Decision::Withdrawn, 2)),
+            "the latest decision is in force again"
+        );
+        decision(Decision::Granted, 1).save(&dir).unwrap();
+        ConsentJournal::decide(&dir, |cur| {
+            assert_eq!(cur, Some(&decision(Decision::Withdrawn, 2)));
+            Ok::<_, ()>(None)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            journaled(&dir),
+            [(1, Decision::Granted, 1), (2, Decision::Withdrawn, 2)]
+        );
         fs::remove_dir_all(&dir).ok();
     }
 

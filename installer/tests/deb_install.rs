@@ -1,6 +1,7 @@
 //! The .deb end to end, on this machine: built with cargo-deb, installed with
-//! `apt-get install -y ./cadence-agent_*.deb`, run from its installed path, then removed and
-//! purged, leaving only the documented files.
+//! `apt-get install -y ./cadence-agent_*.deb`, run from its installed path, upgraded, removed,
+//! reinstalled (which enables the unit again), removed and purged, leaving only the documented
+//! files.
 //!
 //! It changes the system (packages, /usr, /etc), so it runs only as root; elsewhere it says it
 //! is skipped, and with CI=true it fails instead. It purges the package whatever happens.
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const PKG: &str = "cadence-agent";
+
+/// Left by prerm on removal so that postinst enables the unit again on a reinstall.
+const REMOVED_MARKER: &str = "/var/lib/cadence-agent/removed";
 
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -267,6 +271,33 @@ fn deb_installs_runs_and_leaves_only_documented_files() {
         );
     }
 
+    // Reinstalled after removal (dpkg passes the old version, as for an upgrade): the unit is
+    // enabled for every user again, and the marker prerm left for postinst is gone. Removed
+    // again, so that the purge starts from the state `apt-get remove` leaves, marker included.
+    sh(Command::new("apt-get")
+        .current_dir(&out)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q"])
+        .arg(format!("./{name}")));
+    assert!(installed());
+    assert_eq!(
+        std::fs::read_link(wants).ok().as_deref(),
+        Some(Path::new("/usr/lib/systemd/user/cadence-agent.service")),
+        "a reinstall after removal did not enable the unit again"
+    );
+    assert!(
+        !Path::new(REMOVED_MARKER).exists(),
+        "postinst left {REMOVED_MARKER}"
+    );
+    apt(&["remove", PKG]);
+    assert!(!installed());
+    assert!(!wants.exists(), "the unit is still enabled after removal");
+    // So that the purge check below of the marker is not vacuous.
+    assert!(
+        Path::new(REMOVED_MARKER).exists(),
+        "removal left no {REMOVED_MARKER}"
+    );
+
     // Per-user data is deleted as its user, so a link a user planted never turns root's
     // deletion onto files that are not theirs; and one user's failure does not stop the rest.
     // `mallory` (first in the password database) points ~/.local/share at a root-owned
@@ -307,6 +338,10 @@ fn deb_installs_runs_and_leaves_only_documented_files() {
     assert!(!known_to_dpkg(), "dpkg still knows the package after purge");
     let left: Vec<&PathBuf> = files.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "purge left {left:?}");
+    assert!(
+        std::fs::symlink_metadata(Path::new(REMOVED_MARKER).parent().unwrap()).is_err(),
+        "purge left {REMOVED_MARKER} or its directory"
+    );
     if plant_spool {
         assert!(!spool_dir.exists(), "purge must remove users' agent data");
     }

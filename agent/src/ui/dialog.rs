@@ -17,12 +17,15 @@
 //! holds the focus; zenity prints the label of the extra button clicked, and only the exact
 //! text `Allow` on its standard output counts. A missing program is [`Answer::Unavailable`].
 //!
-//! # Windows: a Yes/No message box
+//! # Windows: an OK/Cancel message box
 //!
-//! `MessageBoxW` with Yes and No buttons only (`MB_YESNO`), No the default (`MB_DEFBUTTON2`),
-//! and the text saying "Yes = Allow, No = Not now". A Yes/No box has no Cancel, so Escape and
-//! the close box are disabled; Enter answers the default, No. Only `IDYES` is consent
-//! ([`windows_result`]).
+//! `MessageBoxW` with OK and Cancel (`MB_OKCANCEL`), Cancel the default (`MB_DEFBUTTON2`), and
+//! the text saying that OK means "Allow" and Cancel "Not now". Not Yes and No: Windows gives
+//! those the keyboard mnemonics Y and N, so someone typing when the box appeared could answer
+//! Yes with one key. OK and Cancel have no mnemonic; Enter and Space press the focused button,
+//! at first the default, Cancel; Escape and the close box answer Cancel. Only `IDOK` is
+//! consent ([`windows_result`]); the style, and why the box stays on top without taking the
+//! keyboard focus, is [`WINDOWS_STYLE`]. The call itself is in `dialog/windows.rs`.
 //!
 //! # macOS: osascript in a child process
 //!
@@ -295,18 +298,41 @@ fn failed(program: &str, code: Option<i32>, stderr: &[u8]) -> Answer {
     ))
 }
 
-/// `MessageBoxW`'s answer for Yes (the value of `IDYES`).
-pub const IDYES: i32 = 6;
+/// `MessageBoxW`'s answer for OK (the value of `IDOK`): the only answer that is consent.
+pub const IDOK: i32 = 1;
 
-/// The text of the Windows message box: its buttons are Yes and No, so it says which is which.
+/// The Windows message box's style, as `MB_*` bits (`dialog/windows.rs` checks them against
+/// the OS's own names; they are here so that the tests on every OS see them):
+///
+/// - `MB_OKCANCEL` (0x1): OK and Cancel, which have no keyboard mnemonic (Yes and No do: Y, N);
+/// - `MB_DEFBUTTON2` (0x100): Cancel is the default and holds the focus, so Enter and Space
+///   answer "Not now";
+/// - `MB_ICONQUESTION` (0x20);
+/// - `MB_TOPMOST` (0x4_0000): above other windows, so it is seen even though it does not come
+///   forward by itself.
+///
+/// Not `MB_SETFOREGROUND`: it asks Windows to move the keyboard focus to the box, away from
+/// whatever the user is typing in when it appears. Without it Windows' own rules decide (a
+/// program in the background usually gets a flashing taskbar button instead of the focus).
+/// Where the box gets the focus anyway, no keystroke but a deliberate Tab to OK and then Enter
+/// or Space can grant.
+pub const WINDOWS_STYLE: u32 = 0x1 | 0x100 | 0x20 | 0x4_0000;
+
+/// The text of the Windows message box: its buttons read OK and Cancel, not "Allow" and "Not
+/// now", so it says which is which.
 pub fn windows_text(text: &str) -> String {
-    format!("{text}\n\nYes = {ALLOW}, No = {NOT_NOW}.")
+    format!(
+        "{text}\n\nThe buttons below read OK and Cancel: choose OK for \"{ALLOW}\", Cancel for \
+         \"{NOT_NOW}\". Escape and closing this window also mean \"{NOT_NOW}\"."
+    )
 }
 
-/// Reads `MessageBoxW`'s answer: only Yes is consent. 0 means the box could not be shown.
+/// Reads `MessageBoxW`'s answer: only `IDOK` is consent. 0 means the box could not be shown;
+/// anything else (`IDCANCEL` from Cancel, Escape or the close box; any value an OK/Cancel box
+/// should never give, `IDYES` included) is "not now".
 pub fn windows_result(code: i32) -> Answer {
     match code {
-        IDYES => Answer::Allow,
+        IDOK => Answer::Allow,
         0 => Answer::Unavailable("the message box could not be shown".into()),
         _ => Answer::NotNow,
     }
@@ -384,43 +410,9 @@ pub fn osascript_result(code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> Answ
     }
 }
 
-/// The call itself; everything around it is tested on every OS.
+/// The call itself (`dialog/windows.rs`); everything around it is tested on every OS.
 #[cfg(windows)]
-#[allow(unsafe_code)]
-mod windows {
-    use windows_sys::Win32::UI::WindowsAndMessaging::{
-        MB_DEFBUTTON2, MB_ICONQUESTION, MB_SETFOREGROUND, MB_TOPMOST, MB_YESNO, MessageBoxW,
-    };
-
-    use super::{Answer, ConsentDialog, TITLE, windows_result, windows_text};
-
-    // The answer decoded on every OS is the one the OS gives.
-    const _: () = assert!(super::IDYES == windows_sys::Win32::UI::WindowsAndMessaging::IDYES);
-
-    pub(super) struct MessageBox;
-
-    fn wide(s: &str) -> Vec<u16> {
-        s.encode_utf16().chain(std::iter::once(0)).collect()
-    }
-
-    impl ConsentDialog for MessageBox {
-        fn ask(&self, text: &str) -> Answer {
-            let text = wide(&windows_text(text));
-            let title = wide(TITLE);
-            // SAFETY: both strings are NUL-terminated UTF-16 buffers that live until the call
-            // returns; a null owner window is allowed (the box has no owner).
-            let code = unsafe {
-                MessageBoxW(
-                    std::ptr::null_mut(),
-                    text.as_ptr(),
-                    title.as_ptr(),
-                    MB_YESNO | MB_DEFBUTTON2 | MB_ICONQUESTION | MB_TOPMOST | MB_SETFOREGROUND,
-                )
-            };
-            windows_result(code)
-        }
-    }
-}
+mod windows;
 
 #[cfg(test)]
 mod tests {
@@ -456,14 +448,38 @@ mod tests {
     }
 
     #[test]
-    fn on_windows_only_yes_is_consent() {
-        assert_eq!(windows_result(IDYES), Answer::Allow);
-        // IDNO (Enter hits the default, No), and IDCANCEL, which a Yes/No box never gives.
-        assert_eq!(windows_result(7), Answer::NotNow);
-        assert_eq!(windows_result(2), Answer::NotNow);
+    fn on_windows_only_ok_is_consent() {
+        assert_eq!(IDOK, 1);
+        assert_eq!(windows_result(1), Answer::Allow);
+        // 0: MessageBoxW failed.
         assert!(matches!(windows_result(0), Answer::Unavailable(_)));
+        // Every other answer, IDCANCEL (2: Cancel, Enter on the default, Escape, the close box)
+        // and IDYES (6) included, is not consent.
+        for code in (-8..=64).chain([i32::MIN, i32::MAX]) {
+            if code != 0 && code != 1 {
+                assert_eq!(
+                    windows_result(code),
+                    Answer::NotNow,
+                    "MessageBoxW answered {code}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_windows_box_is_ok_cancel_with_cancel_the_default_and_does_not_take_the_focus() {
+        // The MB_TYPEMASK bits: MB_OKCANCEL, not MB_YESNO (4), whose Y answers Yes.
+        assert_eq!(WINDOWS_STYLE & 0xF, 0x1);
+        // The MB_DEFMASK bits: MB_DEFBUTTON2, Cancel.
+        assert_eq!(WINDOWS_STYLE & 0xF00, 0x100);
+        // MB_SETFOREGROUND.
+        assert_eq!(WINDOWS_STYLE & 0x1_0000, 0);
         let t = windows_text("ACME notice.");
-        assert!(t.starts_with("ACME notice.") && t.ends_with("Yes = Allow, No = Not now."));
+        assert!(t.starts_with("ACME notice."));
+        assert!(
+            t.contains("OK for \"Allow\", Cancel for \"Not now\""),
+            "{t}"
+        );
     }
 
     #[test]

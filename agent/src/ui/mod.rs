@@ -9,3 +9,4 @@ pub mod dialog;
 pub mod notify;
 pub mod pages;
 pub mod tray;
+pub mod uiloop;

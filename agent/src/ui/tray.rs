@@ -10,20 +10,22 @@
 //! first asks the session bus whether one is; without one there is no tray, and the daemon
 //! shows the state in desktop notifications instead ([`super::notify`]), or says that it is
 //! shown nowhere (`cadence-agent status` still tells the state).
-//! On Windows and macOS the same code would use tray-icon's native backends, but those need
-//! the OS's UI event loop on the icon's thread, which the agent does not run yet: there the
-//! tray reports itself unavailable (see `watcher_present`).
+//! On Windows and macOS the same code uses tray-icon's native backends (the notification
+//! area; the menu-bar status item). Their UI events need the OS's event loop on the icon's
+//! thread: a Win32 message pump on the tray thread, and on macOS the main thread, which
+//! `cadence-agent run` keeps for it ([`super::uiloop`]).
 //!
 //! Never shows or sends anything about input: the title, tooltip and menu say only the state,
 //! and how many records wait to be sent.
 
 use std::sync::mpsc;
-use std::thread;
 
 use cadence_config::Policy;
 use cadence_wire::records::MonitoringState;
 use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
+
+use super::uiloop::{self, Pump, UiThread, Waker};
 
 /// The D-Bus name of the service tray items register with on Linux desktops.
 pub const WATCHER: &str = "org.kde.StatusNotifierWatcher";
@@ -176,21 +178,24 @@ enum Msg {
 /// The daemon's handle on the tray thread; dropping it removes the icon.
 pub struct Tray {
     tx: mpsc::Sender<Msg>,
-    thread: Option<thread::JoinHandle<()>>,
+    waker: Waker,
+    ui: Option<UiThread>,
 }
 
 impl Tray {
     /// Shows `view` now (nothing happens when it did not change).
     pub fn show(&self, view: TrayView) {
         let _ = self.tx.send(Msg::View(view));
+        self.waker.wake();
     }
 }
 
 impl Drop for Tray {
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.waker.wake();
+        if let Some(ui) = self.ui.take() {
+            ui.join();
         }
     }
 }
@@ -216,52 +221,60 @@ pub fn spawn(
     first: TrayView,
     actions: impl Fn(MenuAction) + Send + 'static,
 ) -> Result<Tray, TrayError> {
-    watcher_present()?;
+    tray_possible()?;
     let (tx, rx) = mpsc::channel::<Msg>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TrayError>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Waker, TrayError>>();
     let menu_tx = tx.clone();
-    // Process-wide: the agent has one tray.
-    MenuEvent::set_event_handler(Some(move |e: MenuEvent| {
-        let _ = menu_tx.send(Msg::Menu(e.id.0));
-    }));
-    let thread = thread::Builder::new()
-        .name("cadence-tray".into())
-        .spawn(move || {
-            let mut shown = first;
-            let tray = match build(&shown) {
-                Ok(t) => {
-                    let _ = ready_tx.send(Ok(()));
-                    t
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            while let Ok(msg) = rx.recv() {
-                match msg {
-                    Msg::Stop => break,
-                    Msg::Menu(id) => match MenuAction::from_id(&id) {
-                        Some(a) => actions(a),
-                        None => tracing::debug!(id, "tray: click on an item without action"),
-                    },
-                    Msg::View(v) if v != shown => {
-                        update(&tray, &v);
-                        shown = v;
-                    }
-                    Msg::View(_) => {}
-                }
+    let ui = uiloop::spawn("cadence-tray", move || {
+        let pump = Pump::current();
+        let waker = pump.waker();
+        // Process-wide: the agent has one tray. Called on the UI thread on Windows and macOS,
+        // on the D-Bus worker on Linux; the wake-up makes the pump look either way.
+        let menu_waker = waker.clone();
+        MenuEvent::set_event_handler(Some(move |e: MenuEvent| {
+            let _ = menu_tx.send(Msg::Menu(e.id.0));
+            menu_waker.wake();
+        }));
+        let mut shown = first;
+        let tray = match build(&shown) {
+            Ok(t) => {
+                let _ = ready_tx.send(Ok(waker));
+                t
             }
-            MenuEvent::set_event_handler(None::<fn(MenuEvent)>);
-            drop(tray);
-        })
-        .map_err(|e| TrayError::Build(e.to_string()))?;
+            Err(e) => {
+                MenuEvent::set_event_handler(None::<fn(MenuEvent)>);
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        while let Some(msg) = pump.next(&rx) {
+            match msg {
+                Msg::Stop => break,
+                Msg::Menu(id) => match MenuAction::from_id(&id) {
+                    Some(a) => actions(a),
+                    None => tracing::debug!(id, "tray: click on an item without action"),
+                },
+                Msg::View(v) if v != shown => {
+                    update(&tray, &v);
+                    shown = v;
+                }
+                Msg::View(_) => {}
+            }
+        }
+        MenuEvent::set_event_handler(None::<fn(MenuEvent)>);
+        drop(tray);
+    })
+    .map_err(TrayError::Build)?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Tray {
+        Ok(Ok(waker)) => Ok(Tray {
             tx,
-            thread: Some(thread),
+            waker,
+            ui: Some(ui),
         }),
-        Ok(Err(e)) => Err(e),
+        Ok(Err(e)) => {
+            ui.join();
+            Err(e)
+        }
         Err(_) => Err(TrayError::Build("the tray thread ended".into())),
     }
 }
@@ -305,7 +318,7 @@ fn update(tray: &TrayIcon, v: &TrayView) {
 
 /// Whether a StatusNotifierWatcher owns its name on the session bus.
 #[cfg(target_os = "linux")]
-fn watcher_present() -> Result<(), TrayError> {
+fn tray_possible() -> Result<(), TrayError> {
     let conn = zbus::blocking::Connection::session()
         .map_err(|e| TrayError::NoWatcher(format!("no D-Bus session bus ({e})")))?;
     let dbus = zbus::blocking::fdo::DBusProxy::new(&conn)
@@ -323,15 +336,11 @@ fn watcher_present() -> Result<(), TrayError> {
     }
 }
 
-/// Windows and macOS: tray-icon's native backends need the OS's UI event loop on the thread
-/// that made the icon (a Win32 message pump; on macOS the main thread, which the agent's
-/// runtime holds). Until the agent runs one, it says so rather than show an icon whose menu
-/// never answers.
+/// Windows and macOS: the OS's own notification area / status bar is always there; the icon's
+/// UI events are run by [`uiloop`] (on macOS only where the command serves the main thread).
 #[cfg(not(target_os = "linux"))]
-fn watcher_present() -> Result<(), TrayError> {
-    Err(TrayError::Unsupported(
-        "the tray icon on this OS needs a UI event loop the agent does not run yet",
-    ))
+fn tray_possible() -> Result<(), TrayError> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -356,6 +365,25 @@ mod tests {
             .flatten()
             .map(|(a, _, e)| (a, e))
             .collect()
+    }
+
+    /// Windows (hosted runners have a desktop): the icon is made on its own thread, follows
+    /// views through the message pump, and goes away on drop without hanging.
+    #[test]
+    #[cfg(windows)]
+    fn on_windows_the_tray_thread_pumps_views_and_ends_on_drop() {
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let tray = spawn(view(MonitoringState::WaitingForConsent), |_| {}).unwrap();
+            for state in [MonitoringState::Monitoring, MonitoringState::Paused] {
+                tray.show(view(state));
+            }
+            drop(tray);
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the tray thread did not end within 20 s of the drop");
     }
 
     #[test]
