@@ -851,16 +851,7 @@ mod seal_decisions_tests {
     /// A daemon's shared state on `dir`, without capture, delivery or a screen.
     fn shared(dir: &Path) -> Shared {
         let (spool, recovery) = Spool::open(&dir.join("spool"), 1 << 20).unwrap();
-        let enrollment = Enrollment {
-            server: "https://127.0.0.1:1".into(),
-            device_id: cadence_wire::DeviceId::random().unwrap(),
-            verifier_public_key: cadence_wire::VerifierKeyPair::generate()
-                .unwrap()
-                .public_key(),
-            ca_pem: "pem".into(),
-            os_user: "u".into(),
-            enrolled_at_ms: 1,
-        };
+        let enrollment = Enrollment::for_test();
         let next_seq = recovery.next_seq.max(1);
         Shared {
             cfg: RunConfig {

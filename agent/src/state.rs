@@ -215,6 +215,21 @@ pub struct Enrollment {
 }
 
 impl Enrollment {
+    /// An enrollment with a fresh device id and verifier key, to a verifier nobody serves.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Enrollment {
+        Enrollment {
+            server: "https://127.0.0.1:1".into(),
+            device_id: DeviceId::random().unwrap(),
+            verifier_public_key: cadence_wire::VerifierKeyPair::generate()
+                .unwrap()
+                .public_key(),
+            ca_pem: "pem".into(),
+            os_user: "u".into(),
+            enrolled_at_ms: 1,
+        }
+    }
+
     /// Loads the enrollment and the device key, or [`StateError::NotEnrolled`].
     pub fn load(dir: &Path) -> Result<(Enrollment, DeviceSigningKey), StateError> {
         let Some(e) = read_json::<Enrollment>(&dir.join("enrollment.json"))? else {
@@ -680,16 +695,7 @@ mod tests {
     fn key_file_is_private_and_round_trips() {
         let dir = std::env::temp_dir().join(format!("cadence-state-{}", std::process::id()));
         let key = DeviceSigningKey::generate().unwrap();
-        let e = Enrollment {
-            server: "https://127.0.0.1:1".into(),
-            device_id: DeviceId::random().unwrap(),
-            verifier_public_key: cadence_wire::VerifierKeyPair::generate()
-                .unwrap()
-                .public_key(),
-            ca_pem: "pem".into(),
-            os_user: "u".into(),
-            enrolled_at_ms: 1,
-        };
+        let e = Enrollment::for_test();
         e.save(&dir, &key).unwrap();
         let (back, k2) = Enrollment::load(&dir).unwrap();
         assert_eq!(back, e);
@@ -916,6 +922,26 @@ mod tests {
             .collect()
     }
 
+    /// A grant, its withdrawal and a new grant, at milliseconds 1, 2 and 3, as journaled.
+    const GRANT_WITHDRAW_GRANT: [(u64, Decision, u64); 3] = [
+        (1, Decision::Granted, 1),
+        (2, Decision::Withdrawn, 2),
+        (3, Decision::Granted, 3),
+    ];
+
+    /// Grants again at millisecond 3 after `check` has seen the decision in force, then checks
+    /// the journal holds [`GRANT_WITHDRAW_GRANT`]; removes `dir`.
+    fn grant_again(dir: &Path, check: impl FnOnce(Option<&ConsentFile>)) {
+        ConsentJournal::decide(dir, |cur| {
+            check(cur);
+            Ok::<_, ()>(Some(decision(Decision::Granted, 3)))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(journaled(dir), GRANT_WITHDRAW_GRANT);
+        fs::remove_dir_all(dir).ok();
+    }
+
     fn decide_to(dir: &Path, c: ConsentFile) -> Result<(), StateError> {
         ConsentJournal::decide(dir, |_| Ok::<_, ()>(Some(c))).map(|r| {
             r.unwrap();
@@ -962,21 +988,9 @@ mod tests {
         fs::remove_dir(&journal).unwrap();
         fs::write(&journal, kept).unwrap();
         // The next decision is made about the withdrawal, which is journaled first.
-        ConsentJournal::decide(&dir, |cur| {
+        grant_again(&dir, |cur| {
             assert_eq!(cur.map(|c| c.decision), Some(Decision::Withdrawn));
-            Ok::<_, ()>(Some(decision(Decision::Granted, 3)))
-        })
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            journaled(&dir),
-            [
-                (1, Decision::Granted, 1),
-                (2, Decision::Withdrawn, 2),
-                (3, Decision::Granted, 3)
-            ]
-        );
-        fs::remove_dir_all(&dir).ok();
+        });
     }
 
     #[test]
@@ -985,26 +999,14 @@ mod tests {
         decide_to(&dir, decision(Decision::Granted, 1)).unwrap();
         // In force but not journaled: a crash between the two writes, or written by hand.
         decision(Decision::Withdrawn, 2).save(&dir).unwrap();
-        ConsentJournal::decide(&dir, |cur| {
+        grant_again(&dir, |cur| {
             assert_eq!(cur, Some(&decision(Decision::Withdrawn, 2)));
             assert_eq!(
                 journaled(&dir).last(),
                 Some(&(2, Decision::Withdrawn, 2)),
                 "journaled before the next decision is made"
             );
-            Ok::<_, ()>(Some(decision(Decision::Granted, 3)))
-        })
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            journaled(&dir),
-            [
-                (1, Decision::Granted, 1),
-                (2, Decision::Withdrawn, 2),
-                (3, Decision::Granted, 3)
-            ]
-        );
-        fs::remove_dir_all(&dir).ok();
+        });
     }
 
     #[test]
