@@ -119,7 +119,7 @@ fn main() {
             .clone();
         let own: Vec<FeatureVector> = (0..256).map(|_| s.window(m, &mus[0])).collect();
         let other: Vec<FeatureVector> = (0..256).map(|_| s.window(m, &mus[1])).collect();
-        let xs: Vec<Vec<f64>> = own.iter().map(|v| m.features(v).unwrap()).collect();
+        let xs: Vec<_> = own.iter().map(|v| m.sample(v).unwrap()).collect();
         let scores = rate(|| {
             for x in &xs {
                 black_box(det.score(black_box(x)).unwrap());

@@ -496,11 +496,13 @@ fn describe(pop: &Population, m: Modality) -> String {
     match pop.model(m) {
         None => "no population".to_owned(),
         Some(p) => format!(
-            "{} users, {} windows, tails {}",
+            "{} users, {} windows, tails {}, spread ∝ events^-{}, {} feature(s) mapped to normal",
             p.users,
             p.windows,
             p.tail_dof
-                .map_or("gaussian".to_owned(), |v| format!("student-t nu={v}"))
+                .map_or("gaussian".to_owned(), |v| format!("student-t nu={v}")),
+            p.spread_exponent,
+            p.mapped.iter().filter(|m| **m).count()
         ),
     }
 }
@@ -583,14 +585,14 @@ fn per_user(
             };
             let genuine = wins[enroll..]
                 .iter()
-                .map(|w| det.score(&w.s.x))
+                .map(|w| det.score(&w.s))
                 .collect::<Result<Vec<f64>, _>>()?;
             let impostor_users: Vec<usize> = (1..=k)
                 .map(|j| eval_idx[(pos + j) % eval_idx.len()])
                 .collect();
             let impostor = impostor_users
                 .iter()
-                .map(|&j| det.score(&users[j].1[0].s.x))
+                .map(|&j| det.score(&users[j].1[0].s))
                 .collect::<Result<Vec<f64>, _>>()?;
             tally.user(&genuine, &impostor);
             if opts.continuous {
@@ -708,7 +710,7 @@ fn labelled(
         };
         let scores = wins
             .iter()
-            .map(|w| det.score(&w.s.x))
+            .map(|w| det.score(&w.s))
             .collect::<Result<Vec<f64>, _>>()?;
         let s = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         let entry = per_user.entry(user.as_str()).or_default();

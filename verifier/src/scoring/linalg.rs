@@ -1,8 +1,9 @@
 //! Dense symmetric matrices of feature dimension (at most a few dozen): Cholesky factor,
-//! triangular solves, log-determinant and a Jacobi eigen-decomposition.
+//! triangular solves, products and a Jacobi eigen-decomposition (the solves, inverse and
+//! log-determinant beyond the forward solve serve the tests).
 //!
 //! Hand-written rather than a linear-algebra crate on purpose: the matrices are at most
-//! 33×33, the scorer needs only these four operations, and each is a textbook loop of a few
+//! 33×33, the population learning needs only these operations, and each is a textbook loop of a few
 //! lines, where `nalgebra` would add a dozen crates to a 2-core CI build. Never panics on bad
 //! input: a matrix that is not positive definite is an `Err`, never a NaN passed on.
 
@@ -101,7 +102,6 @@ impl Mat {
     }
 
     /// The transpose.
-    #[cfg(test)]
     pub(crate) fn transpose(&self) -> Mat {
         let n = self.n;
         let mut out = Mat::zeros(n);
@@ -163,6 +163,7 @@ impl Cholesky {
     }
 
     /// log det A.
+    #[cfg(test)]
     pub(crate) fn log_det(&self) -> f64 {
         (0..self.l.n).map(|i| 2.0 * self.l.at(i, i).ln()).sum()
     }
@@ -179,6 +180,7 @@ impl Cholesky {
     }
 
     /// Solves Lᵀ x = y in place (back substitution).
+    #[cfg(test)]
     pub(crate) fn solve_upper(&self, b: &mut [f64]) {
         let n = self.l.n;
         for i in (0..n).rev() {
@@ -191,6 +193,7 @@ impl Cholesky {
     }
 
     /// Solves A x = b in place.
+    #[cfg(test)]
     pub(crate) fn solve(&self, b: &mut [f64]) {
         self.solve_lower(b);
         self.solve_upper(b);
@@ -205,6 +208,7 @@ impl Cholesky {
     }
 
     /// A⁻¹.
+    #[cfg(test)]
     pub(crate) fn inverse(&self) -> Mat {
         let n = self.l.n;
         let mut inv = Mat::zeros(n);

@@ -19,12 +19,16 @@
 //! raw score is the log-likelihood ratio of a two-covariance (PLDA) model with Student-t tails
 //! ([`Method::Plda`]): "a window of this user" (the user's mean as far as the enrollment
 //! windows pin it down, the population's within-user spread around it) against "a window of a
-//! random user" (the population's spread). Two anchors then calibrate it per user
-//! ([`Detector::normalize`], [`Detector::calibrate`]): 0 is the median score of a cohort of
-//! other users' enrollment windows against this baseline, 1 the mean score of the user's own
-//! enrollment windows, each against a baseline enrolled without it. So one set of trust
-//! parameters serves every user and both modalities: 0.5 is halfway between "typical other
-//! person" and "typical self". Keyboard and mouse scores of one window are fused by their mean.
+//! random user" (the population's spread). The population may also map each feature through
+//! its own marginal distribution onto a normal one (it keeps the mapping only when that
+//! separates its own users better), and the within-user spread shrinks with the window's
+//! event count as a power law fitted on the population ([`population`]). Two anchors then
+//! calibrate it per user ([`Detector::normalize`], [`Detector::calibrate`]): 0 is the median
+//! score of a cohort of other users' enrollment windows against this baseline, 1 the mean
+//! score of the user's own enrollment windows, each against a baseline enrolled without it.
+//! So one set of trust parameters serves every user and both modalities: 0.5 is halfway
+//! between "typical other person" and "typical self". Keyboard and mouse scores of one window
+//! are fused by their mean.
 //! Without a population (too few users) the raw score is Killourhy & Maxion's scaled
 //! Manhattan distance, calibrated the same way when there is a cohort.
 //!
@@ -41,11 +45,13 @@
 //!
 //! # Cost
 //!
-//! Scoring a window is two triangular solves of the feature dimension (≈ 2 × 33² / 2
-//! multiply-adds for the keyboard); `cargo bench -p cadence-verifier --bench scoring` prints
-//! windows per second on one core. Compiling a detector (enrollment, adaptation, a new
-//! population) also scores the cohort and the leave-one-out enrollment windows, a few hundred
-//! microseconds.
+//! Scoring a window is a binary search per mapped feature among 100 quantiles, one d×d
+//! product (33² multiply-adds for the keyboard) and O(d) more;
+//! `cargo bench -p cadence-verifier --bench scoring` prints windows per second on one core.
+//! Compiling a detector (enrollment, adaptation, a new population) also scores the cohort and
+//! the leave-one-out enrollment windows, a few hundred microseconds. Learning a population
+//! fits two candidate models and scores a few thousand of its own windows to choose between
+//! them.
 
 pub mod eval;
 pub mod input;

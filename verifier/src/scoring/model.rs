@@ -23,13 +23,21 @@
 //! freedom and those covariances, so a window that is unusual in every direction at once (a
 //! distracted minute) costs less than a Gaussian would charge; ν → ∞ is the Gaussian
 //! two-covariance (PLDA) score.
+//!
+//! Computed in the population's model space (its normal-space mapping, when it chose one)
+//! and there in the basis T where W = I and B = diag(b) ([`PopulationModel::projection`]), so
+//! every covariance above is diagonal and a window costs one d×d product plus O(d). A window
+//! of `e` events has within-user covariance c·W with c = (e / e_ref)^−γ (the population's
+//! `spread_exponent`): a short window is trusted less. The baseline's windows enter the
+//! user's mean weighted by 1/c as well.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::ScoringError;
 use super::input::{Modality, Sample};
-use super::linalg::Cholesky;
-use super::population::{PopulationModel, mean};
+use super::population::{PopulationModel, mean, spread_factor, to_normal};
 
 /// The largest block the detector's stack buffers hold; the schema's blocks are far smaller.
 pub const MAX_DIM: usize = 64;
@@ -190,18 +198,66 @@ enum Kind {
         inv_scale: Vec<f64>,
     },
     Plda {
-        /// Predictive mean of the user's next window.
+        /// The population's map into its diagonal space, shared by every detector built
+        /// from one population model (cloning a detector does not copy it).
+        space: Arc<Space>,
+        /// Posterior mean of the user's mean, in the diagonal space.
         mean: Vec<f64>,
-        /// Predictive covariance: within-user covariance plus what is unknown of the mean.
-        chol: Cholesky,
-        log_det: f64,
-        /// The background: a window of a random user of the population.
-        bg_mean: Vec<f64>,
-        bg_chol: Cholesky,
-        bg_log_det: f64,
+        /// Posterior variance of the user's mean, per diagonal coordinate.
+        mean_var: Vec<f64>,
         /// Student-t degrees of freedom; infinite for Gaussian.
         nu: f64,
     },
+}
+
+/// A population model's map from scoring space into the space where the within-user
+/// covariance (of a reference-sized window) is the identity and the between-user covariance
+/// is diagonal: normal space ([`to_normal`]), minus the population mean, times T.
+#[derive(Debug)]
+struct Space {
+    d: usize,
+    quantiles: Vec<f64>,
+    mapped: Vec<bool>,
+    mean: Vec<f64>,
+    projection: Vec<f64>,
+    between: Vec<f64>,
+    reference_events: f64,
+    spread_exponent: f64,
+}
+
+impl Space {
+    fn new(pop: &PopulationModel) -> Space {
+        Space {
+            d: pop.mean.len(),
+            quantiles: pop.quantiles.clone(),
+            mapped: pop.mapped.clone(),
+            mean: pop.mean.clone(),
+            projection: pop.projection.clone(),
+            between: pop.between_eigen.clone(),
+            reference_events: pop.reference_events,
+            spread_exponent: pop.spread_exponent,
+        }
+    }
+
+    /// Maps `x` (scoring space) into the diagonal space; `out` has length d.
+    #[inline]
+    fn map(&self, x: &[f64], out: &mut [f64]) {
+        let d = self.d;
+        let mut z = [0.0; MAX_DIM];
+        to_normal(&self.quantiles, &self.mapped, x, &mut z[..d]);
+        for (zi, m) in z[..d].iter_mut().zip(&self.mean) {
+            *zi -= m;
+        }
+        for (o, row) in out.iter_mut().zip(self.projection.chunks_exact(d)) {
+            *o = row.iter().zip(&z[..d]).map(|(t, v)| t * v).sum();
+        }
+    }
+
+    /// Factor on the within-user covariance of a window of `events` events.
+    #[inline]
+    fn spread(&self, events: u64) -> f64 {
+        spread_factor(events, self.reference_events, self.spread_exponent)
+    }
 }
 
 /// A baseline compiled for fast scoring against a population; rebuilt when either changes.
@@ -251,38 +307,67 @@ impl Detector {
         if pop.modality != modality || pop.mean.len() != d {
             return Err(ScoringError::PopulationSchema { modality });
         }
-        let degenerate = |_| ScoringError::Degenerate { modality };
-        let n = baseline.count.max(1.0);
-        let w = pop.within_mat();
-        let b = pop.between_mat();
-        // gain = B (B + W/n)⁻¹; posterior mean μ₀ + gain (x̄ − μ₀); posterior cov B − gain B.
-        let s_inv = Cholesky::new(&b.add_scaled(1.0 / n, &w))
-            .map_err(degenerate)?
-            .inverse();
-        let gain = b.mul(&s_inv);
-        let mut post_cov = b.add_scaled(-1.0, &gain.mul(&b));
-        post_cov.symmetrize();
-        let dev: Vec<f64> = baseline
-            .mean
+        let space = Arc::new(Space::new(pop));
+        // The user's windows in the diagonal space, each weighted by its precision (1 / its
+        // spread factor): the reference windows when the baseline keeps them, shifted by how
+        // far adaptation (or a reference that is only a sample of the enrollment) has moved
+        // the baseline's mean since; else the baseline's mean alone.
+        let mut y = vec![0.0; d];
+        let mut centre = vec![0.0; d];
+        let mut weight = 0.0;
+        for r in &baseline.reference {
+            if r.x.len() != d {
+                return Err(ScoringError::Dimension {
+                    modality,
+                    expected: d,
+                    got: r.x.len(),
+                });
+            }
+            let w = 1.0 / space.spread(r.events);
+            space.map(&r.x, &mut y);
+            for (c, v) in centre.iter_mut().zip(&y) {
+                *c += w * v;
+            }
+            weight += w;
+        }
+        let per_window = if baseline.reference.is_empty() {
+            space.map(&baseline.mean, &mut centre);
+            1.0
+        } else {
+            centre.iter_mut().for_each(|c| *c /= weight);
+            let ref_mean = mean(baseline.reference.iter().map(|r| r.x.as_slice()), d);
+            if ref_mean != baseline.mean {
+                let mut a = vec![0.0; d];
+                space.map(&baseline.mean, &mut y);
+                space.map(&ref_mean, &mut a);
+                for ((c, now), then) in centre.iter_mut().zip(&y).zip(&a) {
+                    *c += now - then;
+                }
+            }
+            weight / baseline.reference.len() as f64
+        };
+        // Per coordinate: prior N(0, b), the centre observed with variance 1 / (n · w̄).
+        let precision = baseline.count.max(1.0) * per_window;
+        let mean_var: Vec<f64> = space
+            .between
             .iter()
-            .zip(&pop.mean)
-            .map(|(x, m)| x - m)
+            .map(|b| 1.0 / (1.0 / b + precision))
             .collect();
-        let post_mean: Vec<f64> = (0..d)
-            .map(|i| pop.mean[i] + (0..d).map(|j| gain.at(i, j) * dev[j]).sum::<f64>())
+        let post_mean: Vec<f64> = centre
+            .iter()
+            .zip(&mean_var)
+            .map(|(c, v)| c * precision * v)
             .collect();
-        let chol = Cholesky::new(&w.add_scaled(1.0, &post_cov)).map_err(degenerate)?;
-        let bg_chol = Cholesky::new(&b.add_scaled(1.0, &w)).map_err(degenerate)?;
+        if post_mean.iter().chain(&mean_var).any(|v| !v.is_finite()) {
+            return Err(ScoringError::Degenerate { modality });
+        }
         Ok(Detector {
             modality,
             method,
             kind: Kind::Plda {
+                space,
                 mean: post_mean,
-                log_det: chol.log_det(),
-                chol,
-                bg_mean: pop.mean.clone(),
-                bg_log_det: bg_chol.log_det(),
-                bg_chol,
+                mean_var,
                 nu: pop.tail_dof.unwrap_or(f64::INFINITY),
             },
             norm: None,
@@ -304,11 +389,10 @@ impl Detector {
         self.norm
     }
 
-    /// The unnormalized score of one window in scoring space; higher is more like the user.
+    /// The unnormalized score of one window; higher is more like the user.
     #[inline]
-    pub fn raw_score(&self, x: &[f64]) -> Result<f64, ScoringError> {
-        let mut buf = [0.0; MAX_DIM];
-        let mut scratch = [0.0; MAX_DIM];
+    pub fn raw_score(&self, s: &Sample) -> Result<f64, ScoringError> {
+        let x = &s.x;
         match &self.kind {
             Kind::ScaledManhattan { mean, inv_scale } => {
                 check_dim(self.modality, mean.len(), x.len())?;
@@ -321,21 +405,27 @@ impl Detector {
                 Ok(-dist / mean.len() as f64)
             }
             Kind::Plda {
+                space,
                 mean,
-                chol,
-                log_det,
-                bg_mean,
-                bg_chol,
-                bg_log_det,
+                mean_var,
                 nu,
             } => {
                 let d = mean.len();
                 check_dim(self.modality, d, x.len())?;
-                diff(x, mean, &mut buf[..d]);
-                let q = chol.quad_form(&buf[..d], &mut scratch[..d]);
-                diff(x, bg_mean, &mut buf[..d]);
-                let q0 = bg_chol.quad_form(&buf[..d], &mut scratch[..d]);
-                let dets = 0.5 * (bg_log_det - log_det);
+                let mut y = [0.0; MAX_DIM];
+                space.map(x, &mut y[..d]);
+                let c = space.spread(s.events);
+                // Diagonal covariances: this user's c + v_i, a random user's c + b_i.
+                let (mut q, mut q0, mut det_ratio) = (0.0, 0.0, 1.0);
+                for (((yi, mi), vi), bi) in
+                    y[..d].iter().zip(mean).zip(mean_var).zip(&space.between)
+                {
+                    let (own, bg) = (c + vi, c + bi);
+                    q += (yi - mi) * (yi - mi) / own;
+                    q0 += yi * yi / bg;
+                    det_ratio *= bg / own;
+                }
+                let dets = 0.5 * det_ratio.ln();
                 if nu.is_finite() {
                     // Student-t with covariance Σ has scale Σ (ν − 2)/ν: the quadratic form
                     // in the scale is q ν/(ν − 2), and log(1 + that/ν) = log(1 + q/(ν − 2)).
@@ -351,7 +441,7 @@ impl Detector {
     /// The score of one window: calibrated (0 impostor-like, 1 genuine-like) when the
     /// detector is normalized and calibrated, z-normalized when only normalized, raw otherwise.
     #[inline]
-    pub fn score(&self, x: &[f64]) -> Result<f64, ScoringError> {
+    pub fn score(&self, x: &Sample) -> Result<f64, ScoringError> {
         let s = self.raw_score(x)?;
         Ok(match self.norm {
             Some(n) => (s - n.impostor) / n.impostor_spread / n.genuine.unwrap_or(1.0),
@@ -360,7 +450,7 @@ impl Detector {
     }
 
     /// The z-normalized score (cohort only, no genuine calibration), or raw if unnormalized.
-    pub fn z_score(&self, x: &[f64]) -> Result<f64, ScoringError> {
+    pub fn z_score(&self, x: &Sample) -> Result<f64, ScoringError> {
         let s = self.raw_score(x)?;
         Ok(match self.norm {
             Some(n) => (s - n.impostor) / n.impostor_spread,
@@ -378,12 +468,12 @@ impl Detector {
     /// least `min` of them; with fewer, the detector stays unnormalized and this returns
     /// `false`. Median and scaled MAD rather than mean and standard deviation, so a few cohort
     /// windows that happen to resemble the user do not move the norm.
-    pub fn normalize(&mut self, cohort: &[&[f64]], min: usize) -> Result<bool, ScoringError> {
+    pub fn normalize(&mut self, cohort: &[&Sample], min: usize) -> Result<bool, ScoringError> {
         self.norm = None;
         self.normalize_inner(cohort, min)
     }
 
-    fn normalize_inner(&mut self, cohort: &[&[f64]], min: usize) -> Result<bool, ScoringError> {
+    fn normalize_inner(&mut self, cohort: &[&Sample], min: usize) -> Result<bool, ScoringError> {
         self.norm = None;
         if cohort.len() < min.max(3) {
             return Ok(false);
@@ -422,7 +512,7 @@ impl Detector {
         if refs.len() < 3 || refs.len() as u64 != baseline.enrolled {
             let s = refs
                 .iter()
-                .map(|r| self.raw_score(&r.x))
+                .map(|r| self.raw_score(r))
                 .collect::<Result<Vec<f64>, _>>()?;
             return Ok((s, false));
         }
@@ -441,7 +531,7 @@ impl Detector {
                 population,
                 self.method,
             )?;
-            out.push(loo.raw_score(&refs[i].x)?);
+            out.push(loo.raw_score(&refs[i])?);
         }
         Ok((out, true))
     }
@@ -483,13 +573,6 @@ fn check_dim(modality: Modality, expected: usize, got: usize) -> Result<(), Scor
             expected,
             got,
         })
-    }
-}
-
-#[inline]
-fn diff(a: &[f64], b: &[f64], out: &mut [f64]) {
-    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-        *o = x - y;
     }
 }
 

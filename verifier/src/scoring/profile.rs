@@ -229,11 +229,11 @@ impl ModalityProfile {
         let stale = !matches!(&self.detector, Some((g, _)) if *g == pop.generation);
         if stale {
             let mut d = Detector::build(baseline, pop.model(m), cfg.method)?;
-            let cohort: Vec<&[f64]> = pop
+            let cohort: Vec<&Sample> = pop
                 .cohort(m)
                 .iter()
                 .filter(|w| w.user != user)
-                .map(|w| w.sample.x.as_slice())
+                .map(|w| &w.sample)
                 .collect();
             d.normalize(&cohort, cfg.min_cohort_windows)?;
             let reference = match &self.reference {
@@ -340,7 +340,7 @@ impl UserProfile {
                 continue;
             };
             obs.calibrated &= d.is_calibrated();
-            let s = d.score(&x.x)?;
+            let s = d.score(&x)?;
             obs.scores.push((m, s));
             scored.push((m, x, s));
         }
