@@ -484,15 +484,22 @@ impl ConsentJournal {
         f: impl FnOnce(Option<&ConsentFile>) -> Result<Option<ConsentFile>, E>,
     ) -> Result<Result<Option<ConsentFile>, E>, StateError> {
         Self::locked(dir, || {
-            // A journal that cannot be read or written must not keep the user from deciding,
-            // above all from withdrawing: capture follows consent.json, written regardless,
-            // and the journal catches up once it can be written.
-            if let Err(e) = Self::catch_up(dir) {
+            // A journal that cannot be read or written must not keep the user from stopping
+            // capture (withdraw, pause): consent.json, which capture follows, is written
+            // regardless, and the journal catches up once it can be written. Any other
+            // decision waits for the journal, so that no decision in between is lost.
+            let behind = Self::catch_up(dir).err();
+            if let Some(e) = &behind {
                 tracing::warn!("the consent journal cannot catch up: {e}");
             }
             let current = ConsentFile::load(dir)?;
             match f(current.as_ref()) {
                 Ok(Some(new)) => {
+                    if let Some(e) = behind
+                        && !matches!(new.decision, Decision::Withdrawn | Decision::Paused)
+                    {
+                        return Err(e);
+                    }
                     Self::record(dir, &new)?;
                     Ok(Ok(Some(new)))
                 }
@@ -984,6 +991,14 @@ mod tests {
             ConsentFile::load(&dir).unwrap().map(|c| c.decision),
             Some(Decision::Withdrawn),
             "a withdrawal stops capture also when the journal cannot be written"
+        );
+        // A grant while the withdrawal is still missing from the journal would lose the
+        // withdrawal for the verifier: refused, and capture stays off.
+        assert!(decide_to(&dir, decision(Decision::Granted, 3)).is_err());
+        assert_eq!(
+            ConsentFile::load(&dir).unwrap().map(|c| c.decision),
+            Some(Decision::Withdrawn),
+            "a grant was applied while the journal could not take the withdrawal"
         );
         fs::remove_dir(&journal).unwrap();
         fs::write(&journal, kept).unwrap();

@@ -271,15 +271,48 @@ fn deb_installs_runs_and_leaves_only_documented_files() {
         );
     }
 
-    // Reinstalled after removal (dpkg passes the old version, as for an upgrade): the unit is
-    // enabled for every user again, and the marker prerm left for postinst is gone. Removed
-    // again, so that the purge starts from the state `apt-get remove` leaves, marker included.
-    sh(Command::new("apt-get")
-        .current_dir(&out)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q"])
-        .arg(format!("./{name}")));
-    assert!(installed());
+    let reinstall = || {
+        sh(Command::new("apt-get")
+            .current_dir(&out)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q"])
+            .arg(format!("./{name}")));
+        assert!(installed());
+    };
+    // Removed while the administrator had the unit disabled: a reinstall keeps it disabled.
+    assert!(
+        !Path::new(REMOVED_MARKER).exists(),
+        "removing a disabled unit left {REMOVED_MARKER}"
+    );
+    reinstall();
+    assert!(
+        std::fs::symlink_metadata(wants).is_err(),
+        "a reinstall enabled the unit the administrator had disabled before removal"
+    );
+
+    // Enabled, removed, reinstalled (dpkg passes the old version, as for an upgrade): the
+    // unit is enabled for every user again, and the marker prerm left for postinst is gone.
+    // Removed again, so that the purge starts from the state `apt-get remove` leaves, marker
+    // included.
+    // As an administrator would; by hand where there is no systemctl (as postinst does).
+    let enabled = Command::new("systemctl")
+        .args(["--global", "enable", "cadence-agent.service"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !enabled {
+        std::fs::create_dir_all(wants.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/systemd/user/cadence-agent.service", wants).unwrap();
+    }
+    assert!(
+        wants.exists(),
+        "the unit could not be enabled: no {wants:?}"
+    );
+    apt(&["remove", PKG]);
+    assert!(
+        Path::new(REMOVED_MARKER).exists(),
+        "removing an enabled unit left no {REMOVED_MARKER}"
+    );
+    reinstall();
     assert_eq!(
         std::fs::read_link(wants).ok().as_deref(),
         Some(Path::new("/usr/lib/systemd/user/cadence-agent.service")),

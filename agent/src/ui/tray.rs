@@ -18,12 +18,12 @@
 //! Never shows or sends anything about input: the title, tooltip and menu say only the state,
 //! and how many records wait to be sent.
 
-use std::sync::mpsc;
+use std::sync::{Mutex, Once, mpsc};
 
 use cadence_config::Policy;
 use cadence_wire::records::MonitoringState;
 use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
-use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
+use tray_icon::{Icon, TrayIcon, TrayIconBuilder, TrayIconEvent};
 
 use super::uiloop::{self, Pump, UiThread, Waker};
 
@@ -228,21 +228,18 @@ pub fn spawn(
     let ui = uiloop::spawn("cadence-tray", move || {
         let pump = Pump::current();
         let waker = pump.waker();
-        // Process-wide: the agent has one tray. Called on the UI thread on Windows and macOS,
-        // on the D-Bus worker on Linux; the wake-up makes the pump look either way.
-        let menu_waker = waker.clone();
-        MenuEvent::set_event_handler(Some(move |e: MenuEvent| {
-            let _ = menu_tx.send(Msg::Menu(e.id.0));
-            menu_waker.wake();
-        }));
+        // Menu clicks arrive on the UI thread on Windows and macOS, on the D-Bus worker on
+        // Linux; the wake-up makes the pump look either way.
+        *lock_sink() = Some((menu_tx, waker.clone()));
+        route_events();
         let mut shown = first;
-        let tray = match build(&shown) {
+        let tray = match uiloop::autoreleased(|| build(&shown)) {
             Ok(t) => {
                 let _ = ready_tx.send(Ok(waker));
                 t
             }
             Err(e) => {
-                MenuEvent::set_event_handler(None::<fn(MenuEvent)>);
+                *lock_sink() = None;
                 let _ = ready_tx.send(Err(e));
                 return;
             }
@@ -255,14 +252,14 @@ pub fn spawn(
                     None => tracing::debug!(id, "tray: click on an item without action"),
                 },
                 Msg::View(v) if v != shown => {
-                    update(&tray, &v);
+                    uiloop::autoreleased(|| update(&tray, &v));
                     shown = v;
                 }
                 Msg::View(_) => {}
             }
         }
-        MenuEvent::set_event_handler(None::<fn(MenuEvent)>);
-        drop(tray);
+        *lock_sink() = None;
+        uiloop::autoreleased(|| drop(tray));
     })
     .map_err(TrayError::Build)?;
     match ready_rx.recv() {
@@ -277,6 +274,32 @@ pub fn spawn(
         }
         Err(_) => Err(TrayError::Build("the tray thread ended".into())),
     }
+}
+
+/// Where menu clicks go: the current tray's channel and the waker of its thread. (muda and
+/// tray-icon keep the first event handler for the life of the process, so the handlers are
+/// set once and forward to whichever tray is current.)
+type Sink = Option<(mpsc::Sender<Msg>, Waker)>;
+static MENU_SINK: Mutex<Sink> = Mutex::new(None);
+
+fn lock_sink() -> std::sync::MutexGuard<'static, Sink> {
+    MENU_SINK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets the process's menu and icon event handlers, once.
+fn route_events() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        MenuEvent::set_event_handler(Some(|e: MenuEvent| {
+            if let Some((tx, waker)) = lock_sink().as_ref() {
+                let _ = tx.send(Msg::Menu(e.id.0));
+                waker.wake();
+            }
+        }));
+        // Clicks on and hovers over the icon itself mean nothing here (the menu is what
+        // acts); without a handler tray-icon would queue every one of them for good.
+        TrayIconEvent::set_event_handler(Some(|_: TrayIconEvent| {}));
+    });
 }
 
 fn menu(v: &TrayView) -> Menu {

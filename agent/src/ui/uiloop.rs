@@ -157,9 +157,9 @@ type MainJob = Box<dyn FnOnce() + Send>;
 #[cfg(target_os = "macos")]
 static MAIN_QUEUE: std::sync::Mutex<Option<mpsc::Sender<MainJob>>> = std::sync::Mutex::new(None);
 
-/// Runs `f` (the daemon) and returns its result. On macOS `f` runs on another thread while the
-/// calling thread, which must be the main thread, runs the UI jobs [`spawn`] hands it; elsewhere
-/// `f` simply runs here.
+/// Runs `f` (the daemon) and returns its result. On macOS, called on the main thread, `f` runs
+/// on another thread (with the main thread's stack size) while this one runs the UI jobs
+/// [`spawn`] hands it; elsewhere, or off the main thread, `f` simply runs here.
 pub fn with_main_thread_ui<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     #[cfg(not(target_os = "macos"))]
     {
@@ -167,19 +167,59 @@ pub fn with_main_thread_ui<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
     #[cfg(target_os = "macos")]
     {
+        if !macos::is_main_thread() {
+            return f();
+        }
         let (tx, rx) = mpsc::channel::<MainJob>();
         *MAIN_QUEUE.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        // Taken by the daemon thread, or back here if that thread cannot start.
+        let slot = std::sync::Mutex::new(Some(f));
+        let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         let out = std::thread::scope(|s| {
-            let daemon = s.spawn(f);
-            while !daemon.is_finished() {
-                if let Ok(job) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
-                    job();
+            let daemon = std::thread::Builder::new()
+                .name("cadence-daemon".into())
+                .stack_size(DAEMON_STACK)
+                .spawn_scoped(s, || take().map(|f| f()));
+            match daemon {
+                Ok(daemon) => {
+                    while !daemon.is_finished() {
+                        if let Ok(job) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                            job();
+                        }
+                    }
+                    daemon.join()
+                }
+                Err(e) => {
+                    tracing::warn!("no daemon thread ({e}): running without a tray icon");
+                    *MAIN_QUEUE.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    Ok(take().map(|f| f()))
                 }
             }
-            daemon.join()
         });
         *MAIN_QUEUE.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+        match out {
+            Ok(Some(r)) => r,
+            // INVARIANT: the slot is full until exactly one of the two takes it, and runs it.
+            Ok(None) => unreachable!("the daemon ran neither on its thread nor here"),
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+}
+
+/// The daemon thread's stack on macOS: the main thread's (8 MiB), which it ran on before.
+#[cfg(target_os = "macos")]
+const DAEMON_STACK: usize = 8 << 20;
+
+/// Runs `f` with an autorelease pool on macOS (AppKit objects a tray update makes are freed
+/// when it ends); elsewhere just runs it.
+pub fn autoreleased<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_os = "macos")]
+    {
+        macos::autoreleased(f)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        f()
     }
 }
 

@@ -22,6 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 type Id = *mut c_void;
 type Sel = *mut c_void;
 
+// libSystem, linked into every program.
+unsafe extern "C" {
+    fn pthread_main_np() -> std::ffi::c_int;
+}
+
 #[link(name = "objc")]
 unsafe extern "C" {
     fn objc_getClass(name: *const c_char) -> Id;
@@ -71,6 +76,23 @@ fn app() -> Id {
     };
     // SAFETY: a class object and a class method of it.
     unsafe { send(cls, sel(c"sharedApplication")) }
+}
+
+/// Whether the calling thread is the process's main thread.
+pub fn is_main_thread() -> bool {
+    // SAFETY: no arguments, no preconditions.
+    unsafe { pthread_main_np() == 1 }
+}
+
+/// Runs `f` inside an autorelease pool, so that the objects AppKit autoreleases meanwhile are
+/// freed when it returns.
+pub fn autoreleased<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: pushes a pool, popped below on the same thread after `f`.
+    let pool = unsafe { objc_autoreleasePoolPush() };
+    let out = f();
+    // SAFETY: the pool pushed above, the innermost one again once `f` has returned.
+    unsafe { objc_autoreleasePoolPop(pool) };
+    out
 }
 
 /// Makes this process an accessory AppKit application and finishes its launch, once. Must be
