@@ -140,3 +140,63 @@ fn the_windows_bindings_leave_out_the_keyboard_text_functions() {
     assert!(!line.contains("KeyboardAndMouse"), "{line}");
     assert!(!line.contains("Input_Ime"), "{line}");
 }
+
+/// Objective-C messages that read what an event says (its text, key, position). They are
+/// named in C string literals (`c"…"`, passed to `sel_registerName`), which the identifier
+/// scan above skips.
+const FORBIDDEN_SELECTORS: &[&str] = &[
+    "characters",
+    "charactersIgnoringModifiers",
+    "charactersByApplyingModifiers:",
+    "keyCode",
+    "specialKey",
+    "locationInWindow",
+    "mouseLocation",
+    "interpretKeyEvents:",
+];
+
+/// The contents of a source file's C string literals outside line comments.
+fn c_strings(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in src.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("c\"") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find('"') else { break };
+            out.push(after[..end].to_owned());
+            rest = &after[end + 1..];
+        }
+    }
+    out
+}
+
+#[test]
+fn no_objective_c_message_reads_what_an_event_says() {
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let mut seen = Vec::new();
+    let mut hits = Vec::new();
+    for f in &files {
+        let src = std::fs::read_to_string(f).unwrap();
+        for s in c_strings(&src) {
+            if FORBIDDEN_SELECTORS.contains(&s.as_str()) {
+                hits.push(format!("{}: {s}", f.display()));
+            }
+            seen.push(s);
+        }
+    }
+    // The AppKit pump names its messages this way: the scan sees them.
+    assert!(
+        seen.iter().any(|s| s == "sendEvent:"),
+        "no selector literal found: the check would be vacuous ({seen:?})"
+    );
+    assert!(hits.is_empty(), "forbidden messages: {hits:#?}");
+    assert_eq!(
+        c_strings("let s = sel(c\"characters\"); // c\"keyCode\""),
+        ["characters"]
+    );
+}
