@@ -58,6 +58,16 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every Rust file of the agent's sources.
+fn agent_sources() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    files
+}
+
 /// The identifiers of a source file, with line comments and string contents removed.
 fn identifiers(src: &str) -> Vec<String> {
     let mut ids = Vec::new();
@@ -89,11 +99,7 @@ fn identifiers(src: &str) -> Vec<String> {
 
 #[test]
 fn no_agent_source_calls_a_key_to_text_or_layout_function() {
-    let mut files = Vec::new();
-    rust_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
+    let files = agent_sources();
     let per_os = ["windows.rs", "macos.rs", "device.rs", "x11.rs"];
     for name in per_os {
         assert!(
@@ -173,11 +179,7 @@ fn c_strings(src: &str) -> Vec<String> {
 
 #[test]
 fn no_objective_c_message_reads_what_an_event_says() {
-    let mut files = Vec::new();
-    rust_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
+    let files = agent_sources();
     let mut seen = Vec::new();
     let mut hits = Vec::new();
     for f in &files {
