@@ -77,8 +77,16 @@ fn device_entry(v: &Verifier, device: &str) -> serde_json::Value {
         .expect("the device is listed")
 }
 
-fn shown_as(v: &Verifier, device: &str, status: &str) -> bool {
-    device_entry(v, device)["status"] == status
+/// Waits up to `secs` for `devices` to show `device` as `status`; fails with its entry.
+fn await_status(v: &Verifier, device: &str, status: &str, secs: u64) {
+    assert!(
+        eventually(
+            Duration::from_secs(secs),
+            || device_entry(v, device)["status"] == status
+        ),
+        "not {status} within {secs} s: {}",
+        device_entry(v, device)
+    );
 }
 
 /// A private D-Bus session bus, stopped when dropped.
@@ -433,11 +441,7 @@ fn the_dialog_grants_and_the_tray_follows_every_state_and_acts_on_every_item() {
         waiting_colour,
         "the icon follows the state"
     );
-    assert!(eventually(Duration::from_secs(10), || shown_as(
-        &v,
-        &device,
-        "monitoring"
-    )));
+    await_status(&v, &device, "monitoring", 10);
 
     // Pause for 30 minutes: capture stops, the verifier hears of it.
     tray.click("Pause for 30 minutes");
@@ -447,11 +451,7 @@ fn the_dialog_grants_and_the_tray_follows_every_state_and_acts_on_every_item() {
         tray.title()
     );
     assert_eq!(consent_decision(&agent).as_deref(), Some("paused"));
-    assert!(
-        eventually(Duration::from_secs(10), || shown_as(&v, &device, "paused")),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "paused", 10);
     let st = agent.status();
     assert!(
         st["paused_until_ms"].as_u64().unwrap() > now_ms() + 25 * 60 * 1000,
@@ -521,15 +521,7 @@ fn the_dialog_grants_and_the_tray_follows_every_state_and_acts_on_every_item() {
         .title()
         .contains("withdrawn")));
     assert_eq!(consent_decision(&agent).as_deref(), Some("withdrawn"));
-    assert!(
-        eventually(Duration::from_secs(10), || shown_as(
-            &v,
-            &device,
-            "withdrawn"
-        )),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "withdrawn", 10);
     let labels: Vec<String> = tray.layout().into_iter().map(|(_, l, _)| l).collect();
     assert!(
         !labels.iter().any(|l| l.starts_with("Withdraw")),
@@ -611,15 +603,7 @@ fn withdrawing_stops_live_capture_within_a_second_and_the_verifier_shows_it() {
     thread::sleep(Duration::from_secs(6));
     stop.store(true, Ordering::SeqCst);
     typist.join().unwrap();
-    assert!(
-        eventually(Duration::from_secs(15), || shown_as(
-            &v,
-            &device,
-            "withdrawn"
-        )),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "withdrawn", 15);
 
     // From the data: no window stored at the verifier closed later than one second after the
     // withdrawal, so none holds an event from after it.
@@ -718,27 +702,11 @@ fn a_missing_dialog_program_is_reported_and_never_grants() {
 fn the_verifier_shows_a_device_silent_when_its_agent_stops() {
     let (_tmp, v, mut agent, device) = setup("silent", Some("[devices]\nsilent_after_secs = 5\n"));
     agent.spawn_run(&["--source", "none", "--no-ui", "--heartbeat-secs", "1"]);
-    assert!(
-        eventually(Duration::from_secs(15), || shown_as(&v, &device, "waiting")),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "waiting", 15);
     agent.ok(&["consent", "grant"]);
-    assert!(
-        eventually(Duration::from_secs(15), || shown_as(
-            &v,
-            &device,
-            "monitoring"
-        )),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "monitoring", 15);
     agent.stop();
-    assert!(
-        eventually(Duration::from_secs(30), || shown_as(&v, &device, "silent")),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "silent", 30);
     let line = String::from_utf8_lossy(&v.cli(&["devices"]).stdout).into_owned();
     assert!(line.contains("status=silent"), "{line}");
 }
@@ -949,15 +917,7 @@ fn every_decision_is_sealed_once_also_those_made_while_no_agent_runs() {
         "{:?}",
         sealed_decisions(&agent)
     );
-    assert!(
-        eventually(Duration::from_secs(20), || shown_as(
-            &v,
-            &device,
-            "monitoring"
-        )),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "monitoring", 20);
     agent.stop();
     // A restart seals nothing again; the next decision follows the three.
     agent.spawn_run(&run);
@@ -970,14 +930,6 @@ fn every_decision_is_sealed_once_also_those_made_while_no_agent_runs() {
         sealed_decisions(&agent)
     );
     assert_eq!(sealed_decisions(&agent), want);
-    assert!(
-        eventually(Duration::from_secs(20), || shown_as(
-            &v,
-            &device,
-            "withdrawn"
-        )),
-        "{}",
-        device_entry(&v, &device)
-    );
+    await_status(&v, &device, "withdrawn", 20);
     agent.stop();
 }
