@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cadence_verifier::scoring::{Detector, Modality, Population, ScoringConfig, UserProfile};
 use cadence_wire::features::{
-    FeatureVector, KEYBOARD_LEN, KeyboardFeatures, MOUSE_LEN, MouseFeatures, SCHEMA_V1,
+    FeatureVector, KEYBOARD_LEN, KeyboardFeatures, MOUSE_LEN, MouseFeatures, SCHEMA,
 };
 
 const RUN: Duration = Duration::from_secs(2);
@@ -43,7 +43,7 @@ impl Synth {
             .map(|mu| (mu + 0.1 * self.normal()).exp())
             .collect();
         let mut v = FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 60_000,
             keys: 0,
             mouse_events: 0,

@@ -479,10 +479,19 @@ fn open_one(
                 queued: hb.queued,
             }));
         }
-        Kind::Features => {
-            let v = FeatureVector::from_json(text).map_err(|e| bad("not a feature vector", &e))?;
-            (canonical(&v)?, Effect::None)
-        }
+        Kind::Features => match FeatureVector::from_json(text) {
+            Ok(v) => (canonical(&v)?, Effect::None),
+            // An agent older than this verifier: its window is kept (the scorer counts it as
+            // another schema and leaves it unscored) rather than refused and lost.
+            Err(e) => match cadence_wire::features::check_previous(text) {
+                Ok(()) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(text).map_err(|e| bad("not a feature vector", &e))?;
+                    (canonical(&v)?, Effect::None)
+                }
+                Err(_) => return Err(bad("not a feature vector", &e)),
+            },
+        },
         Kind::Consent => {
             let c: ConsentRecord =
                 serde_json::from_str(text).map_err(|e| bad("not a consent record", &e))?;

@@ -47,6 +47,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 
+use cadence_wire::features::{SCHEMA_PREVIOUS, check_previous};
 use cadence_wire::{DeviceId, FeatureVector, Kind};
 use tokio::sync::{Notify, watch};
 
@@ -54,7 +55,9 @@ use crate::Error;
 use crate::alerts::{Outbox, stopped};
 use crate::api::now_ms;
 use crate::metrics::Metrics;
-use crate::scoring::{Modality, Observation, Population, ScoringConfig, ScoringError, UserProfile};
+use crate::scoring::{
+    Modality, Observation, Population, RejectReason, ScoringConfig, ScoringError, UserProfile,
+};
 use crate::store::{AlertKind, NewAlert, ScoreRow, ScoringUpdate, Store, StoredPopulation};
 
 /// Windows read and written per scorer pass.
@@ -322,7 +325,14 @@ impl Scorer {
                 };
                 let before = profile.clone();
                 let result = serde_json::from_str::<FeatureVector>(&w.payload)
-                    .map_err(|e| format!("malformed: {e}"))
+                    .map_err(|e| match check_previous(&w.payload) {
+                        Ok(()) => format!(
+                            "{}: {SCHEMA_PREVIOUS} window from an agent older than this \
+                             verifier (stored, not scored)",
+                            RejectReason::UnknownSchema
+                        ),
+                        Err(_) => format!("malformed: {e}"),
+                    })
                     .and_then(|v| {
                         profile
                             .observe(&key, &v, &state.population, cfg)
@@ -621,7 +631,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use cadence_wire::DeviceSigningKey;
-    use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures, SCHEMA_V1};
+    use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures, SCHEMA};
 
     use super::*;
     use crate::config::Database;
@@ -646,7 +656,7 @@ mod tests {
     /// Stores one features window for `device` as another replica would: without queuing it.
     async fn store_window(store: &Store, device: DeviceId, seq: u64) {
         let v = FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 30_000,
             keys: 120,
             mouse_events: 0,

@@ -246,7 +246,7 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
     let bad_payload = device.seal(
         Kind::Features,
         next_seq,
-        br#"{"schema":"cadence.features.v1","sentence":"hello"}"#,
+        br#"{"schema":"cadence.features.v2","sentence":"hello"}"#,
     );
     let not_json = device.seal(Kind::Consent, next_seq, b"\xff\xfe");
     let reused = device.seal(Kind::Features, 1, &features_json(99)); // seq 1 is stored already

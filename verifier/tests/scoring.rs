@@ -347,6 +347,71 @@ async fn windows_stored_before_a_start_are_scored_after_it_on(db: &TestDb) {
     server.stop().await;
 }
 
+/// A window of the previous feature schema, as an agent older than this verifier sends it.
+fn previous_schema_window(typist: &Typist, rng: &mut Rng) -> Vec<u8> {
+    use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, SCHEMA_PREVIOUS};
+    let mut v: serde_json::Value = serde_json::from_slice(&typist.window(rng)).unwrap();
+    v["schema"] = SCHEMA_PREVIOUS.into();
+    let k = v["keyboard"].as_object_mut().unwrap();
+    for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
+        k.remove(*n).unwrap();
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn windows_of_an_older_agent_are_stored_not_scored() {
+    for db in TestDb::all("windows_of_an_older_agent_are_stored_not_scored").await {
+        eprintln!("backend: {}", db.label());
+        windows_of_an_older_agent_are_stored_not_scored_on(&db).await;
+    }
+}
+
+/// A verifier upgraded before its agents keeps their windows (acknowledged, stored once) and
+/// says why it does not score them, while current windows from the same device enroll.
+async fn windows_of_an_older_agent_are_stored_not_scored_on(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |s| {
+        db.apply(s);
+        s.scoring = small_scoring();
+    })
+    .await;
+    let client = server.client();
+    let device = Device::enroll(&server, &client, server.token.as_deref().unwrap()).await;
+    let typist = Typist::new(11);
+    let mut rng = Rng::new(11);
+    let envelopes = vec![
+        device.seal(
+            Kind::Features,
+            1,
+            &previous_schema_window(&typist, &mut rng),
+        ),
+        device.seal(Kind::Features, 2, &typist.window(&mut rng)),
+    ];
+    let (status, body) = post(&server, &client, batch(&envelopes)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["acked"], serde_json::json!([1, 2]), "{body}");
+    wait_for(20, "both windows to be looked at", || async {
+        let t = timeline(&server, device.id).await;
+        t.len() == 2 && t.iter().all(|e| e.score.is_some())
+    })
+    .await;
+    let t = timeline(&server, device.id).await;
+    let old = t[0].score.as_ref().unwrap();
+    let why = old.rejected.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("unknown_schema") && why.contains("older than this verifier"),
+        "{old:?}"
+    );
+    assert!(old.score.is_none(), "{old:?}");
+    let new = t[1].score.as_ref().unwrap();
+    assert!(new.rejected.is_none(), "{new:?}");
+    // Four enrollment windows: the current one counted, the older one did not.
+    assert_eq!(new.enrolling.as_deref(), Some(r#"{"keyboard":3}"#));
+    server.stop().await;
+}
+
 /// The guard's payload, as the agent sends it.
 fn guard_alert() -> Vec<u8> {
     serde_json::json!({

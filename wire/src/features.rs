@@ -1,4 +1,4 @@
-//! The feature vector, schema `cadence.features.v1`.
+//! The feature vector, schema `cadence.features.v2`.
 //!
 //! A [`FeatureVector`] summarises one closed window of input: distributions and rates only.
 //! It is fixed-length per modality, every feature is named, and a modality the window did not
@@ -8,7 +8,7 @@
 //!
 //! | field | type | meaning |
 //! |---|---|---|
-//! | `schema` | string | always `"cadence.features.v1"`; anything else is rejected |
+//! | `schema` | string | always `"cadence.features.v2"`; anything else is rejected |
 //! | `duration_ms` | integer | time from the window's first to its last event |
 //! | `keys` | integer | key presses in the window (auto-repeat excluded) |
 //! | `mouse_events` | integer | pointer events in the window (moves, buttons, scrolls) |
@@ -21,6 +21,14 @@
 //!
 //! What no field can carry, by construction: which key was pressed, any character, the order of
 //! individual timings, an absolute pointer position, a window title or an application name.
+//!
+//! # Versions
+//!
+//! `cadence.features.v2` is `v1` with 18 keyboard features appended (finer quantiles of the
+//! class timings and the press-to-press time two keys apart); the mouse block is unchanged.
+//! [`check_previous`] recognises a well-formed `v1` vector, so that a verifier upgraded before
+//! its agents can store their windows instead of refusing them (it cannot score them: their
+//! keyboard block is shorter).
 
 use std::fmt;
 
@@ -29,14 +37,21 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The schema identifier every feature vector carries.
-pub const SCHEMA_V1: &str = "cadence.features.v1";
+pub const SCHEMA: &str = "cadence.features.v2";
+
+/// The schema before [`SCHEMA`]: its keyboard block is the first [`KEYBOARD_LEN_PREVIOUS`]
+/// features of this one, its mouse block the same.
+pub const SCHEMA_PREVIOUS: &str = "cadence.features.v1";
+
+/// Keyboard features of [`SCHEMA_PREVIOUS`].
+pub const KEYBOARD_LEN_PREVIOUS: usize = 33;
 
 /// Why a feature vector was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum SchemaError {
     /// The vector names another schema version (an agent newer or older than this code).
-    #[error("unknown schema {0:?}, expected {SCHEMA_V1:?}")]
+    #[error("unknown schema {0:?}, expected {SCHEMA:?}")]
     UnknownSchema(String),
     /// A feature is NaN or infinite: a bug in the producer or a tampered record.
     #[error("feature {0} is not a finite number")]
@@ -178,6 +193,24 @@ feature_block!(
         "pause_p50" => "pause length, median (0 when the window has no pause)",
         "burst_keys_mean" => "key presses per burst between pauses, mean",
         "keys_per_sec" => "key presses per second of active typing (pauses excluded)",
+        "hold_char_p10" => "hold time of character keys, 10th percentile",
+        "hold_char_p90" => "hold time of character keys, 90th percentile",
+        "hold_space_p25" => "hold time of the space bar, 25th percentile",
+        "hold_space_p75" => "hold time of the space bar, 75th percentile",
+        "dd_char_char_p10" => "down-down flight between two character keys, 10th percentile",
+        "dd_char_char_p25" => "down-down flight between two character keys, 25th percentile",
+        "dd_char_char_p75" => "down-down flight between two character keys, 75th percentile",
+        "dd_char_char_p90" => "down-down flight between two character keys, 90th percentile",
+        "dd_space_char_p25" => "down-down flight from space to a character key, 25th percentile",
+        "dd_space_char_p75" => "down-down flight from space to a character key, 75th percentile",
+        "dd_char_space_p25" => "down-down flight from a character key to space, 25th percentile",
+        "dd_char_space_p75" => "down-down flight from a character key to space, 75th percentile",
+        "dd2_p10" => "press to press two keys apart (no pause between), 10th percentile",
+        "dd2_p25" => "press to press two keys apart, 25th percentile",
+        "dd2_p50" => "press to press two keys apart, median",
+        "dd2_p75" => "press to press two keys apart, 75th percentile",
+        "dd2_p90" => "press to press two keys apart, 90th percentile",
+        "dd2_mad" => "press to press two keys apart, median absolute deviation",
     ]
 );
 
@@ -230,8 +263,8 @@ feature_block!(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureVector {
-    /// Always [`SCHEMA_V1`].
-    #[serde(deserialize_with = "schema_v1")]
+    /// Always [`SCHEMA`].
+    #[serde(deserialize_with = "schema_current")]
     pub schema: String,
     /// Time from the window's first to its last event, in milliseconds.
     pub duration_ms: u64,
@@ -245,9 +278,9 @@ pub struct FeatureVector {
     pub mouse: Option<MouseFeatures>,
 }
 
-fn schema_v1<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+fn schema_current<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    if s == SCHEMA_V1 {
+    if s == SCHEMA {
         Ok(s)
     } else {
         Err(de::Error::custom(SchemaError::UnknownSchema(s)))
@@ -257,7 +290,7 @@ fn schema_v1<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 impl FeatureVector {
     /// Checks the invariants a deserialized vector already satisfies; for vectors built in code.
     pub fn validate(&self) -> Result<(), SchemaError> {
-        if self.schema != SCHEMA_V1 {
+        if self.schema != SCHEMA {
             return Err(SchemaError::UnknownSchema(self.schema.clone()));
         }
         if self.keyboard.is_none() && self.mouse.is_none() {
@@ -280,6 +313,47 @@ impl FeatureVector {
     }
 }
 
+/// A vector of [`SCHEMA_PREVIOUS`], as an older agent sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Read only to be checked.
+struct PreviousVector {
+    schema: String,
+    duration_ms: u64,
+    keys: u32,
+    mouse_events: u32,
+    keyboard: Option<serde_json::Map<String, serde_json::Value>>,
+    mouse: Option<MouseFeatures>,
+}
+
+/// Checks that `s` is a well-formed vector of [`SCHEMA_PREVIOUS`]: the same invariants as
+/// [`FeatureVector::from_json`], against that schema's feature list.
+pub fn check_previous(s: &str) -> Result<(), String> {
+    let v: PreviousVector = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    if v.schema != SCHEMA_PREVIOUS {
+        return Err(SchemaError::UnknownSchema(v.schema).to_string());
+    }
+    if v.keyboard.is_none() && v.mouse.is_none() {
+        return Err(SchemaError::Empty.to_string());
+    }
+    if let Some(k) = &v.keyboard {
+        let names = &KEYBOARD_FEATURES[..KEYBOARD_LEN_PREVIOUS];
+        if let Some(key) = k.keys().find(|key| !names.iter().any(|(n, _)| n == key)) {
+            return Err(format!("unknown keyboard feature {key:?}"));
+        }
+        for (n, _) in names {
+            match k.get(*n) {
+                None => return Err(SchemaError::Missing(n).to_string()),
+                Some(x) if !x.as_f64().is_some_and(f64::is_finite) => {
+                    return Err(SchemaError::NonFinite(n).to_string());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,7 +364,7 @@ mod tests {
             *v = i as f64 * 1.5;
         }
         FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 12_000,
             keys: 80,
             mouse_events: 3,
@@ -324,7 +398,7 @@ mod tests {
         let good = serde_json::to_value(sample()).unwrap();
 
         let mut v = good.clone();
-        v["schema"] = "cadence.features.v2".into();
+        v["schema"] = "cadence.features.v3".into();
         let e = FeatureVector::from_json(&v.to_string()).unwrap_err();
         assert!(e.contains("unknown schema"), "{e}");
 
@@ -354,5 +428,47 @@ mod tests {
         let mut nan = sample();
         nan.keyboard.as_mut().unwrap().0[3] = f64::NAN;
         assert_eq!(nan.validate(), Err(SchemaError::NonFinite("hold_p75")));
+    }
+
+    #[test]
+    fn previous_schema_is_recognised_not_parsed() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["schema"] = SCHEMA_PREVIOUS.into();
+        let k = v["keyboard"].as_object_mut().unwrap();
+        for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
+            k.remove(*n);
+        }
+        let previous = v.to_string();
+        assert_eq!(
+            KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS - 1].0,
+            "keys_per_sec"
+        );
+        assert!(check_previous(&previous).is_ok(), "{previous}");
+        assert!(FeatureVector::from_json(&previous).is_err());
+        // A current vector is not a previous one.
+        assert!(check_previous(&serde_json::to_string(&sample()).unwrap()).is_err());
+
+        let mut w = v.clone();
+        w["keyboard"]["dd2_p50"] = 1.0.into();
+        let e = check_previous(&w.to_string()).unwrap_err();
+        assert!(e.contains("unknown keyboard feature"), "{e}");
+        let mut w = v.clone();
+        w["keyboard"].as_object_mut().unwrap().remove("hold_p50");
+        let e = check_previous(&w.to_string()).unwrap_err();
+        assert!(e.contains("hold_p50 is missing"), "{e}");
+        let mut w = v.clone();
+        w["keyboard"]["hold_p50"] = "fast".into();
+        let e = check_previous(&w.to_string()).unwrap_err();
+        assert!(e.contains("hold_p50 is not a finite"), "{e}");
+        let mut w = v.clone();
+        w["keyboard"] = serde_json::Value::Null;
+        assert!(
+            check_previous(&w.to_string())
+                .unwrap_err()
+                .contains("neither")
+        );
+        let mut w = v;
+        w["sentence"] = "hello".into();
+        assert!(check_previous(&w.to_string()).is_err());
     }
 }

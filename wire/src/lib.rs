@@ -16,4 +16,4 @@ pub use envelope::{
     DeviceId, DevicePublicKey, DeviceSigningKey, EnvelopeError, Header, Kind, MAX_ENVELOPE_BYTES,
     MAX_PAYLOAD_BYTES, VerifierKeyPair, VerifierPublicKey, open, peek_header, seal,
 };
-pub use features::{FeatureVector, KeyboardFeatures, MouseFeatures, SCHEMA_V1, SchemaError};
+pub use features::{FeatureVector, KeyboardFeatures, MouseFeatures, SCHEMA, SchemaError};

@@ -1,7 +1,7 @@
 //! Keystroke timing accumulator for one window.
 //!
-//! Sees only key classes and times. Keeps distributions (hold, down-down, up-down), not the
-//! order in which they happened: by the time a window closes, the buffers have been reordered
+//! Sees only key classes and times. Keeps distributions (hold, down-down, up-down, press to
+//! press two keys apart), not the order in which they happened: by the time a window closes, the buffers have been reordered
 //! by the quantile code, and only their statistics are handed on.
 
 use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures};
@@ -43,9 +43,13 @@ pub struct KeyboardAcc {
     dd_space_char: Samples,
     dd_mod_char: Samples,
     dd_to_corr: Samples,
+    /// Press to press two keys apart, when neither flight between them is a pause.
+    dd2: Samples,
     pauses: Samples,
     /// Time and class of the previous press in this window.
     last_down: Option<(u64, KeyClass)>,
+    /// Time of the press before the previous one, when the flight between them was no pause.
+    before_last: Option<u64>,
     /// Ring of recent presses, to attribute a late release (overlap) to the right press.
     recent: [Option<Press>; RECENT],
     recent_pos: usize,
@@ -71,6 +75,7 @@ impl KeyboardAcc {
             &mut self.dd_space_char,
             &mut self.dd_mod_char,
             &mut self.dd_to_corr,
+            &mut self.dd2,
             &mut self.pauses,
         ];
         for b in bufs.iter_mut() {
@@ -81,6 +86,7 @@ impl KeyboardAcc {
         self.rollovers = 0;
         self.held_non_mod = 0;
         self.last_down = None;
+        self.before_last = None;
         self.recent = [None; RECENT];
         self.recent_pos = 0;
     }
@@ -88,6 +94,7 @@ impl KeyboardAcc {
     /// Forgets the previous press so that no flight spans a gap in the input.
     pub fn gap(&mut self) {
         self.last_down = None;
+        self.before_last = None;
         self.held_non_mod = 0;
         self.recent = [None; RECENT];
     }
@@ -105,6 +112,7 @@ impl KeyboardAcc {
         if class != KeyClass::Modifier {
             self.held_non_mod += 1;
         }
+        let mut chained = None;
         if let Some((prev_t, prev_class)) = self.last_down {
             let dd = t.saturating_sub(prev_t);
             if dd > PAUSE_US {
@@ -112,6 +120,10 @@ impl KeyboardAcc {
             } else {
                 let d = ms(dd);
                 self.dd.push(d);
+                if let Some(t2) = self.before_last {
+                    self.dd2.push(ms(t.saturating_sub(t2)));
+                }
+                chained = Some(prev_t);
                 use KeyClass::*;
                 match (prev_class, class) {
                     (Character, Character) => self.dd_char_char.push(d),
@@ -136,6 +148,7 @@ impl KeyboardAcc {
                 }
             }
         }
+        self.before_last = chained;
         self.last_down = Some((t, class));
         self.recent[self.recent_pos] = Some(Press {
             down_us: t,
@@ -188,14 +201,34 @@ impl KeyboardAcc {
         let [u10, u25, u50, u75, u90] = self.ud.quantiles([0.1, 0.25, 0.5, 0.75, 0.9])?;
         let ud_mad = self.ud.mad()?;
         let n = f64::from(self.presses.max(1));
-        let hold_char_iqr = match self.hold_char.len() >= MIN_CLASS_SAMPLES {
+        let [hc10, hc25, hc50, hc75, hc90] = self
+            .hold_char
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.1, 0.25, 0.5, 0.75, 0.9])
+            .unwrap_or([h10, h25, h50, h75, h90]);
+        let [hs25, hs50, hs75] = self
+            .hold_space
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.25, 0.5, 0.75])
+            .unwrap_or([h25, h50, h75]);
+        let [cc10, cc25, cc50, cc75, cc90] = self
+            .dd_char_char
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.1, 0.25, 0.5, 0.75, 0.9])
+            .unwrap_or([d10, d25, d50, d75, d90]);
+        let [sc25, sc50, sc75] = self
+            .dd_space_char
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.25, 0.5, 0.75])
+            .unwrap_or([d25, d50, d75]);
+        let [cs25, cs50, cs75] = self
+            .dd_char_space
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.25, 0.5, 0.75])
+            .unwrap_or([d25, d50, d75]);
+        // Too few spans of two flights without a pause: twice the single flight stands in.
+        let dd2 = match self.dd2.len() >= MIN_CLASS_SAMPLES {
             true => {
-                let [a, b] = self.hold_char.quantiles([0.25, 0.75])?;
-                b - a
+                let [a, b, c, d, e] = self.dd2.quantiles([0.1, 0.25, 0.5, 0.75, 0.9])?;
+                [a, b, c, d, e, self.dd2.mad()?]
             }
-            false => h75 - h25,
+            false => [d10, d25, d50, d75, d90, dd_mad].map(|x| 2.0 * x),
         };
-        let hold_char_p50 = self.hold_char.median_if(MIN_CLASS_SAMPLES).unwrap_or(h50);
         let active_ms = self.dd.sum();
         let v: [f64; KEYBOARD_LEN] = [
             h10,
@@ -204,9 +237,9 @@ impl KeyboardAcc {
             h75,
             h90,
             hold_mad,
-            hold_char_p50,
-            hold_char_iqr,
-            self.hold_space.median_if(MIN_CLASS_SAMPLES).unwrap_or(h50),
+            hc50,
+            hc75 - hc25,
+            hs50,
             self.hold_mod.median_if(MIN_CLASS_SAMPLES).unwrap_or(h50),
             d10,
             d25,
@@ -220,15 +253,9 @@ impl KeyboardAcc {
             u75,
             u90,
             ud_mad,
-            self.dd_char_char
-                .median_if(MIN_CLASS_SAMPLES)
-                .unwrap_or(d50),
-            self.dd_char_space
-                .median_if(MIN_CLASS_SAMPLES)
-                .unwrap_or(d50),
-            self.dd_space_char
-                .median_if(MIN_CLASS_SAMPLES)
-                .unwrap_or(d50),
+            cc50,
+            cs50,
+            sc50,
             self.dd_mod_char.median_if(MIN_CLASS_SAMPLES).unwrap_or(d50),
             self.dd_to_corr.median_if(MIN_CLASS_SAMPLES).unwrap_or(d50),
             f64::from(self.rollovers) / n,
@@ -241,6 +268,24 @@ impl KeyboardAcc {
             } else {
                 0.0
             },
+            hc10,
+            hc90,
+            hs25,
+            hs75,
+            cc10,
+            cc25,
+            cc75,
+            cc90,
+            sc25,
+            sc75,
+            cs25,
+            cs75,
+            dd2[0],
+            dd2[1],
+            dd2[2],
+            dd2[3],
+            dd2[4],
+            dd2[5],
         ];
         Some(KeyboardFeatures(v.map(round3)))
     }
@@ -325,6 +370,68 @@ mod tests {
     }
 
     #[test]
+    fn two_keys_apart_never_spans_a_pause() {
+        let mut k = KeyboardAcc::default();
+        let mut t = 0;
+        // Four bursts of six keys, flights alternating 100 and 300 ms: two keys apart is
+        // always 400 ms. Spans across the 2 s pauses would be far longer.
+        for _ in 0..4 {
+            for i in 0..6u64 {
+                k.key_down(t, KeyClass::Character);
+                k.key_up(t + 50_000, KeyClass::Character, 50_000);
+                t += if i % 2 == 0 { 100_000 } else { 300_000 };
+            }
+            t += 2_000_000;
+        }
+        let f = k.finish().unwrap();
+        assert_eq!(k.dd2.len(), 16);
+        for q in ["dd2_p10", "dd2_p50", "dd2_p90"] {
+            assert_eq!(feature(&f, q), 400.0, "{q}");
+        }
+        assert_eq!(feature(&f, "dd2_mad"), 0.0);
+        assert_eq!(feature(&f, "dd_p10"), 100.0);
+        assert_eq!(feature(&f, "dd_p90"), 300.0);
+    }
+
+    #[test]
+    fn class_percentiles_are_their_own_or_the_all_keys_value() {
+        let mut k = KeyboardAcc::default();
+        // Words of four characters (held 80 ms, 150 ms apart) and a space (held 120 ms).
+        let mut t = 0;
+        for i in 0..40u64 {
+            let (class, held) = match i % 5 == 4 {
+                true => (KeyClass::Space, 120_000),
+                false => (KeyClass::Character, 80_000),
+            };
+            k.key_down(t, class);
+            k.key_up(t + held, class, held);
+            t += 150_000;
+        }
+        let f = k.finish().unwrap();
+        assert_eq!(feature(&f, "hold_char_p10"), 80.0);
+        assert_eq!(feature(&f, "hold_char_p90"), 80.0);
+        assert_eq!(feature(&f, "hold_space_p25"), 120.0);
+        assert_eq!(feature(&f, "hold_space_p75"), 120.0);
+        assert_eq!(feature(&f, "dd_space_char_p75"), 150.0);
+        assert_eq!(feature(&f, "dd2_p50"), 300.0);
+
+        // Two spaces only: too few, so the space percentiles are the all-keys ones.
+        let mut k = KeyboardAcc::default();
+        for i in 0..30u64 {
+            let (class, held) = match i % 15 == 14 {
+                true => (KeyClass::Space, 200_000),
+                false => (KeyClass::Character, 60_000 + (i % 4) * 10_000),
+            };
+            k.key_down(i * 250_000, class);
+            k.key_up(i * 250_000 + held, class, held);
+        }
+        let f = k.finish().unwrap();
+        assert_eq!(feature(&f, "hold_space_p25"), feature(&f, "hold_p25"));
+        assert_eq!(feature(&f, "hold_space_p75"), feature(&f, "hold_p75"));
+        assert_eq!(feature(&f, "dd_char_space_p25"), feature(&f, "dd_p25"));
+    }
+
+    #[test]
     fn gap_breaks_flights() {
         let mut k = KeyboardAcc::default();
         k.key_down(0, KeyClass::Character);
@@ -332,6 +439,8 @@ mod tests {
         k.gap();
         k.key_down(20_000, KeyClass::Character);
         k.key_up(30_000, KeyClass::Character, 10_000);
-        assert!(k.dd.is_empty());
+        k.key_down(40_000, KeyClass::Character);
+        assert_eq!(k.dd.len(), 1);
+        assert!(k.dd2.is_empty(), "no span of two flights crosses a gap");
     }
 }

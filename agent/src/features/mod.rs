@@ -13,7 +13,7 @@ pub mod mouse;
 pub mod stats;
 
 use cadence_config::WindowPolicy;
-use cadence_wire::{FeatureVector, SCHEMA_V1};
+use cadence_wire::{FeatureVector, SCHEMA};
 
 use crate::capture::replay::{Item, Recording};
 use crate::capture::{EventKind, InputEvent};
@@ -154,7 +154,7 @@ impl Windower {
             return None;
         }
         Some(FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: self.last_us.saturating_sub(start) / 1000,
             keys,
             mouse_events,

@@ -76,6 +76,15 @@ impl Samples {
         dev.quantile(0.5)
     }
 
+    /// Several quantiles when there are at least `min` samples.
+    pub fn quantiles_if<const N: usize>(&mut self, min: usize, qs: [f64; N]) -> Option<[f64; N]> {
+        if self.v.len() >= min {
+            self.quantiles(qs)
+        } else {
+            None
+        }
+    }
+
     /// The median when there are at least `min` samples.
     pub fn median_if(&mut self, min: usize) -> Option<f64> {
         if self.v.len() >= min {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cadence_verifier::{Settings, Verifier};
-use cadence_wire::features::{FeatureVector, KEYBOARD_LEN, KeyboardFeatures, SCHEMA_V1};
+use cadence_wire::features::{FeatureVector, KEYBOARD_LEN, KeyboardFeatures, SCHEMA};
 use cadence_wire::records::{EnrollRequest, EnrollResponse, IngestResponse, encode_batch};
 use cadence_wire::{
     DeviceId, DeviceSigningKey, Header, Kind, VerifierKeyPair, VerifierPublicKey, open, seal,
@@ -32,7 +32,7 @@ pub fn payload(n: u64) -> Vec<u8> {
         *v = 87.123_456_789 + i as f64 * 3.3 + (n % 11) as f64 * 0.7;
     }
     let v = FeatureVector {
-        schema: SCHEMA_V1.to_owned(),
+        schema: SCHEMA.to_owned(),
         duration_ms: 30_000,
         keys: 140,
         mouse_events: 0,

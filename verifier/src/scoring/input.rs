@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES};
-use cadence_wire::{FeatureVector, SCHEMA_V1};
+use cadence_wire::{FeatureVector, SCHEMA};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -259,11 +259,11 @@ pub fn parse_labelled(line: &str) -> Result<LabelledVector, Rejection> {
         }
     }
     match obj.get("schema") {
-        Some(Value::String(s)) if s == SCHEMA_V1 => {}
+        Some(Value::String(s)) if s == SCHEMA => {}
         Some(Value::String(s)) => {
             return Err(Rejection::new(
                 RejectReason::UnknownSchema,
-                format!("schema {s:?}, expected {SCHEMA_V1:?}"),
+                format!("schema {s:?}, expected {SCHEMA:?}"),
             ));
         }
         _ => {
@@ -329,7 +329,7 @@ mod tests {
 
     fn line() -> Value {
         let v = FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 1000,
             keys: 50,
             mouse_events: 0,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 
 use cadence_wire::FeatureVector;
-use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures, MOUSE_LEN, MouseFeatures, SCHEMA_V1};
+use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures, MOUSE_LEN, MouseFeatures, SCHEMA};
 
 use super::eval::{EvalOptions, PopulationSource, evaluate, read_labels, read_vectors};
 use super::input::RejectReason;
@@ -50,7 +50,7 @@ impl Synth {
         let mut k = [0.0; KEYBOARD_LEN];
         k.copy_from_slice(&self.window(user, shift));
         FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 10_000,
             keys: 50,
             mouse_events: 0,
@@ -63,7 +63,7 @@ impl Synth {
         let mut k = [0.0; MOUSE_LEN];
         k.copy_from_slice(&self.window(user, shift));
         FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 60_000,
             keys: 0,
             mouse_events: 200,
@@ -141,7 +141,7 @@ fn bad_vectors_are_refused_with_a_reason_and_counted() {
     let mut s = Synth::new(3, 0.3, 0.05);
     let mu = s.user(KEYBOARD_LEN);
     let good = line(&s.keyboard(&mu, 0.0), &[("subject", "u1")]);
-    let other_schema = good.replace(SCHEMA_V1, "cadence.features.v9");
+    let other_schema = good.replace(SCHEMA, "cadence.features.v9");
     let mut missing: serde_json::Value = serde_json::from_str(&good).unwrap();
     missing["keyboard"]
         .as_object_mut()

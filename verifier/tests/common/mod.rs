@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use cadence_verifier::config::Database;
 use cadence_verifier::store::Store;
 use cadence_verifier::{Settings, Verifier};
-use cadence_wire::features::{FeatureVector, KEYBOARD_LEN, KeyboardFeatures, SCHEMA_V1};
+use cadence_wire::features::{FeatureVector, KEYBOARD_LEN, KeyboardFeatures, SCHEMA};
 use cadence_wire::records::{EnrollRequest, EnrollResponse, encode_batch};
 use cadence_wire::{DeviceId, DeviceSigningKey, Header, Kind, VerifierPublicKey, seal};
 use tokio::sync::oneshot;
@@ -178,7 +178,7 @@ pub fn features_json(n: u64) -> Vec<u8> {
         *v = 50.0 + i as f64 * 1.25 + (n % 7) as f64;
     }
     let v = FeatureVector {
-        schema: SCHEMA_V1.to_owned(),
+        schema: SCHEMA.to_owned(),
         duration_ms: 30_000,
         keys: 120,
         mouse_events: 0,
@@ -268,7 +268,7 @@ impl Typist {
             *v = l * (self.spread * rng.normal()).exp();
         }
         FeatureVector {
-            schema: SCHEMA_V1.to_owned(),
+            schema: SCHEMA.to_owned(),
             duration_ms: 30_000,
             keys: 150,
             mouse_events: 0,
