@@ -787,7 +787,12 @@ fn consent_sealed_at_start(dir: &Path, next_seq: u64) -> Result<u64, DaemonError
     match ConsentJournal::adopt(dir)? {
         Some(index) if sent.is_some() && sent == ConsentFile::load(dir)? => {
             // Sequence number 0 is below any the spool hands out: sealed.
-            ConsentSealed { index, seq: 0 }.save(dir)?;
+            ConsentSealed {
+                index,
+                seq: 0,
+                at_ms: sent.map(|c| c.at_ms),
+            }
+            .save(dir)?;
             Ok(index)
         }
         _ => Ok(0),
@@ -801,20 +806,29 @@ fn consent_sealed_at_start(dir: &Path, next_seq: u64) -> Result<u64, DaemonError
 /// A journal that ends below the last entry sealed has started again (deleted, or replaced by
 /// a shorter one): its entries are new decisions, so the marker goes back to 0 and all of
 /// them are sealed. The decision in force may then reach the verifier a second time, which
-/// is better than the new ones never reaching it. A replacement at least as long as the
-/// marker cannot be told from the journal it replaced.
+/// is better than the new ones never reaching it. So does a journal whose entry at the marker
+/// holds another decision (a replacement at least as long as the one it replaced): the marker
+/// keeps the sealed entry's time to tell.
 fn seal_decisions(shared: &Shared) -> Result<(), DaemonError> {
     let dir = &shared.cfg.data_dir;
     ConsentJournal::adopt(dir)?;
     let journal = ConsentJournal::load(dir)?;
     let mut sealed = *lock(&shared.consent_sealed);
     let last = journal.last().map_or(0, |e| e.index);
-    if last < sealed {
+    // The entry the marker names, when the journal still holds that very decision.
+    let same = |m: &ConsentSealed| {
+        journal
+            .iter()
+            .find(|e| e.index == m.index)
+            .is_some_and(|e| m.at_ms.is_none_or(|at| at == e.consent.at_ms))
+    };
+    let replaced = sealed > 0 && ConsentSealed::load(dir)?.is_some_and(|m| !same(&m));
+    if last < sealed || replaced {
         tracing::warn!(
             last,
             sealed,
-            "the consent journal ends below the last entry sealed (deleted or replaced): \
-             sealing its entries from the first"
+            "the consent journal ends below the last entry sealed or holds another decision \
+             there (deleted or replaced): sealing its entries from the first"
         );
         ConsentSealed::default().save(dir)?;
         sealed = 0;
@@ -834,6 +848,7 @@ fn seal_decisions(shared: &Shared) -> Result<(), DaemonError> {
             Ok(ConsentSealed {
                 index: e.index,
                 seq,
+                at_ms: Some(c.at_ms),
             }
             .save(dir)?)
         })?;
@@ -948,6 +963,39 @@ mod seal_decisions_tests {
         assert_eq!(now.len(), all.len() + 1);
         assert_eq!(now.last(), Some(&(Decision::Granted, 5)));
         assert_eq!(*lock(&shared.consent_sealed), 3);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn decisions_in_a_longer_replacement_journal_are_sealed() {
+        let dir = std::env::temp_dir().join(format!("cadence-replace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        state::ensure_dir(&dir).unwrap();
+        let shared = shared(&dir);
+        decide(&dir, Decision::Granted, 1);
+        decide(&dir, Decision::Withdrawn, 2);
+        seal_decisions(&shared).unwrap();
+        assert_eq!(sealed(&dir).len(), 2);
+        // Replaced by a journal already longer than the marker (restored from another
+        // machine's backup, say): its entry 2 is another decision than the one sealed.
+        std::fs::remove_file(dir.join("consent-journal.jsonl")).unwrap();
+        std::fs::remove_file(dir.join("consent.json")).unwrap();
+        decide(&dir, Decision::Granted, 10);
+        decide(&dir, Decision::Withdrawn, 11);
+        decide(&dir, Decision::Granted, 12);
+        seal_decisions(&shared).unwrap();
+        assert_eq!(
+            sealed(&dir)[2..],
+            [
+                (Decision::Granted, 10),
+                (Decision::Withdrawn, 11),
+                (Decision::Granted, 12)
+            ],
+            "every decision of the new journal reaches the verifier"
+        );
+        // The same journal again: nothing more.
+        seal_decisions(&shared).unwrap();
+        assert_eq!(sealed(&dir).len(), 5);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

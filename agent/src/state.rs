@@ -530,6 +530,11 @@ pub struct ConsentSealed {
     pub index: u64,
     /// The spool sequence number it went out under.
     pub seq: u64,
+    /// When that entry's decision was made (its `at_ms`): a journal whose entry `index` holds
+    /// another decision is not the one this marker speaks of. Absent in markers written by
+    /// agents before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }
 
 impl ConsentSealed {
@@ -1053,7 +1058,13 @@ mod tests {
 
     #[test]
     fn an_entry_is_sealed_once_its_spool_append_happened() {
-        let m = |index, seq| Some(ConsentSealed { index, seq });
+        let m = |index, seq| {
+            Some(ConsentSealed {
+                index,
+                seq,
+                at_ms: None,
+            })
+        };
         assert_eq!(ConsentSealed::sealed_through(None, 1), 0);
         // The marker names seq 7 and the spool goes on at 8: the append happened.
         assert_eq!(ConsentSealed::sealed_through(m(3, 7), 8), 3);
