@@ -24,6 +24,7 @@ publish = false
 [dependencies]
 cadence-agent = { path = "$root/agent" }
 windows-sys = $winsys
+tracing = $tracing
 [lints.rust]
 unsafe_code = "deny"
 TOML

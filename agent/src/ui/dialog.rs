@@ -315,8 +315,15 @@ pub const IDOK: i32 = 1;
 /// whatever the user is typing in when it appears. Without it Windows' own rules decide (a
 /// program in the background usually gets a flashing taskbar button instead of the focus).
 /// Where the box gets the focus anyway, no keystroke but a deliberate Tab to OK and then Enter
-/// or Space can grant.
+/// or Space can grant, and not before [`WINDOWS_OK_DELAY_MS`].
 pub const WINDOWS_STYLE: u32 = 0x1 | 0x100 | 0x20 | 0x4_0000;
+
+/// The OK button of the Windows box is disabled for this long after the box appears (a
+/// thread-local CBT hook disables it when the box is first activated, a timer enables it):
+/// keys typed for another window in that time, Tab and Enter among them, cannot reach it, as
+/// Tab skips a disabled button. Long enough for a burst of typing to notice the box, short
+/// enough not to be in the way of someone who means to allow.
+pub const WINDOWS_OK_DELAY_MS: u32 = 1_500;
 
 /// The text of the Windows message box: its buttons read OK and Cancel, not "Allow" and "Not
 /// now", so it says which is which.

@@ -1,21 +1,46 @@
-//! The Windows consent dialog's one OS call, `MessageBoxW` (Windows only).
+//! The Windows consent dialog's OS calls: `MessageBoxW`, and the hook that keeps its OK
+//! button disabled for its first moments (Windows only).
 //!
-//! Owns the call and nothing else: the style, the text and the reading of the answer are
-//! `dialog.rs`'s, tested on every OS. Never decodes the answer itself.
+//! Owns the calls and nothing else: the style, the text, the delay and the reading of the
+//! answer are `dialog.rs`'s, tested on every OS. Never decodes the answer itself.
 //! `scripts/check-per-os-files.sh` type-checks this file on Linux against windows-sys.
+//!
+//! The OK button is disabled from the moment the box is first activated until
+//! [`WINDOWS_OK_DELAY_MS`] later: a CBT hook on this thread only (`WH_CBT`, our thread id,
+//! no DLL) sees the box's activation before it is drawn, disables its OK button and starts a
+//! timer on the box; the box's own modal loop dispatches the timer, which enables the button
+//! again. The hook is removed as soon as `MessageBoxW` returns. If the hook cannot be set,
+//! the box is shown without the delay, and the log says so.
 
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+use std::cell::Cell;
+
+use windows_sys::Win32::Foundation::{HWND, LPARAM, LRESULT, WPARAM};
+use windows_sys::Win32::System::Threading::GetCurrentThreadId;
+use windows_sys::Win32::UI::Input::KeyboardAndMouse::EnableWindow;
 use windows_sys::Win32::UI::WindowsAndMessaging::{
-    IDOK, MB_DEFBUTTON2, MB_ICONQUESTION, MB_OKCANCEL, MB_TOPMOST, MessageBoxW,
+    CallNextHookEx, GetDlgItem, HCBT_ACTIVATE, IDOK, KillTimer, MB_DEFBUTTON2, MB_ICONQUESTION,
+    MB_OKCANCEL, MB_TOPMOST, MessageBoxW, SetTimer, SetWindowsHookExW, UnhookWindowsHookEx, WH_CBT,
 };
 
-use super::{Answer, ConsentDialog, TITLE, WINDOWS_STYLE, windows_result, windows_text};
+use super::{
+    Answer, ConsentDialog, TITLE, WINDOWS_OK_DELAY_MS, WINDOWS_STYLE, windows_result, windows_text,
+};
 
 // What is decoded and tested on every OS is what the OS uses.
 const _: () = assert!(super::IDOK == IDOK);
 const _: () = assert!(WINDOWS_STYLE == MB_OKCANCEL | MB_DEFBUTTON2 | MB_ICONQUESTION | MB_TOPMOST);
+
+/// The timer's id on the box (any value: the box has no timers of its own).
+const ENABLE_OK_TIMER: usize = 0xCADE;
+
+thread_local! {
+    /// Set while a box is shown and its OK button not yet disabled: only its first
+    /// activation disables it (a later one, after the user clicked elsewhere, does not).
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The message box (see `dialog.rs`'s module documentation).
 pub struct MessageBox;
@@ -24,10 +49,59 @@ fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
+/// The CBT hook: on the box's first activation, disables OK and starts the timer.
+unsafe extern "system" fn on_cbt(code: i32, wparam: WPARAM, lparam: LPARAM) -> LRESULT {
+    if code >= 0 && code as u32 == HCBT_ACTIVATE && ARMED.with(|a| a.replace(false)) {
+        // For HCBT_ACTIVATE, wparam is the window being activated: the message box, the only
+        // window this thread creates while the hook is set.
+        let hwnd = wparam as HWND;
+        // SAFETY: `hwnd` is a live window handle Windows has just given us; GetDlgItem and
+        // EnableWindow accept any handle (a null result is checked), and SetTimer with a
+        // TIMERPROC owns nothing of ours.
+        unsafe {
+            let ok = GetDlgItem(hwnd, IDOK);
+            if !ok.is_null() {
+                EnableWindow(ok, 0);
+                SetTimer(hwnd, ENABLE_OK_TIMER, WINDOWS_OK_DELAY_MS, Some(enable_ok));
+            }
+        }
+    }
+    // SAFETY: passing the hook's own arguments on, as every hook procedure must; the hook
+    // handle argument is ignored by Windows.
+    unsafe { CallNextHookEx(std::ptr::null_mut(), code, wparam, lparam) }
+}
+
+/// The timer: enables OK again, once.
+unsafe extern "system" fn enable_ok(hwnd: HWND, _msg: u32, id: usize, _time: u32) {
+    // SAFETY: `hwnd` is the box the timer was set on, dispatched by its own modal loop while
+    // it exists; the calls take any handle.
+    unsafe {
+        KillTimer(hwnd, id);
+        let ok = GetDlgItem(hwnd, IDOK);
+        if !ok.is_null() {
+            EnableWindow(ok, 1);
+        }
+    }
+}
+
 impl ConsentDialog for MessageBox {
     fn ask(&self, text: &str) -> Answer {
         let text = wide(&windows_text(text));
         let title = wide(TITLE);
+        ARMED.with(|a| a.set(true));
+        // SAFETY: a thread hook (no module handle, this thread's id) with a procedure that
+        // lives for the whole program; removed below before this function returns.
+        let hook = unsafe {
+            SetWindowsHookExW(
+                WH_CBT,
+                Some(on_cbt),
+                std::ptr::null_mut(),
+                GetCurrentThreadId(),
+            )
+        };
+        if hook.is_null() {
+            tracing::warn!("cannot delay the consent box's OK button; showing it without");
+        }
         // SAFETY: both strings are NUL-terminated UTF-16 buffers that live until the call
         // returns; a null owner window is allowed (the box has no owner).
         let code = unsafe {
@@ -38,6 +112,11 @@ impl ConsentDialog for MessageBox {
                 WINDOWS_STYLE,
             )
         };
+        ARMED.with(|a| a.set(false));
+        if !hook.is_null() {
+            // SAFETY: the handle SetWindowsHookExW returned above, removed once.
+            unsafe { UnhookWindowsHookEx(hook) };
+        }
         windows_result(code)
     }
 }
