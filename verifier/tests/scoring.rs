@@ -44,6 +44,15 @@ fn small_scoring() -> ScoringConfig {
     }
 }
 
+/// A verifier on `db` with [`small_scoring`].
+async fn start_small(dir: &Path, db: &TestDb) -> TestServer {
+    TestServer::start_with(dir, |s| {
+        db.apply(s);
+        s.scoring = small_scoring();
+    })
+    .await
+}
+
 /// Runs the binary on `data_dir`; returns success, stdout and stderr.
 fn cli(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(BIN);
@@ -142,11 +151,7 @@ async fn trust_falls_and_alerts_only_after_a_run_of_unlike_windows() {
 
 async fn trust_falls_and_alerts_only_after_a_run_of_unlike_windows_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| {
-        db.apply(s);
-        s.scoring = small_scoring();
-    })
-    .await;
+    let server = start_small(dir.path(), db).await;
     let client = server.client();
     let token = server.token.clone().unwrap();
 
@@ -371,11 +376,7 @@ async fn windows_of_an_older_agent_are_stored_not_scored() {
 /// says why it does not score them, while current windows from the same device enroll.
 async fn windows_of_an_older_agent_are_stored_not_scored_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| {
-        db.apply(s);
-        s.scoring = small_scoring();
-    })
-    .await;
+    let server = start_small(dir.path(), db).await;
     let client = server.client();
     let device = Device::enroll(&server, &client, server.token.as_deref().unwrap()).await;
     let typist = Typist::new(11);
@@ -713,11 +714,7 @@ async fn baseline_reset_makes_the_next_windows_enroll_again() {
 
 async fn baseline_reset_makes_the_next_windows_enroll_again_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), |s| {
-        db.apply(s);
-        s.scoring = small_scoring();
-    })
-    .await;
+    let server = start_small(dir.path(), db).await;
     let client = server.client();
     let device = Device::enroll_as(
         &server,
