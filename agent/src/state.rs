@@ -523,8 +523,10 @@ impl ConsentJournal {
 /// sequence numbers), so a crash can never seal an entry twice: after a restart, a `seq` the
 /// spool has not reached yet (`seq >= next_seq`) means the append did not happen and the
 /// entry is sealed again, under that same number; otherwise it is sealed.
+///
+/// Unknown fields are ignored (unlike the other state files): a marker written by a later
+/// agent must not keep an earlier one from starting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConsentSealed {
     /// The journal entry.
     pub index: u64,

@@ -16,6 +16,7 @@ use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cadence_wire::features::{SCHEMA_PREVIOUS, check_previous};
 use cadence_wire::{DeviceId, FeatureVector, Kind};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -702,9 +703,10 @@ pub fn device_line(d: &DeviceSummary, status: &str) -> String {
     )
 }
 
-/// One stored window in the JSON form `windows --json` prints.
+/// One stored window in the JSON form `windows --json` prints. The vector is as stored: a
+/// [`FeatureVector`], or the JSON of a previous schema's vector from an older agent.
 #[derive(Debug, Serialize)]
-pub struct WindowJson<'a> {
+pub struct WindowJson<'a, V: Serialize = FeatureVector> {
     /// The device.
     pub device: DeviceId,
     /// The record's sequence number.
@@ -714,13 +716,21 @@ pub struct WindowJson<'a> {
     /// When the verifier committed it (verifier clock).
     pub received_ms: u64,
     /// The feature vector.
-    pub vector: &'a FeatureVector,
+    pub vector: &'a V,
 }
 
 /// One stored window as a line: JSON, or a text summary without feature values.
 pub fn window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
-    let vector = FeatureVector::from_json(&r.payload)
-        .map_err(|e| Error::Corrupt(format!("stored window {} of {}: {e}", r.seq, r.device)))?;
+    let vector = match FeatureVector::from_json(&r.payload) {
+        Ok(v) => v,
+        Err(_) if check_previous(&r.payload).is_ok() => return previous_window_line(r, json),
+        Err(e) => {
+            return Err(Error::Corrupt(format!(
+                "stored window {} of {}: {e}",
+                r.seq, r.device
+            )));
+        }
+    };
     if json {
         return to_json(&WindowJson {
             device: r.device,
@@ -745,6 +755,36 @@ pub fn window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
         vector.duration_ms as f64 / 1000.0,
         vector.keys,
         vector.mouse_events,
+        blocks.join(",")
+    ))
+}
+
+/// A stored window of the previous schema (an older agent's), shown as stored.
+fn previous_window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
+    let v: serde_json::Value =
+        serde_json::from_str(&r.payload).map_err(|e| Error::Corrupt(e.to_string()))?;
+    if json {
+        return to_json(&WindowJson {
+            device: r.device,
+            seq: r.seq,
+            created_ms: r.created_ms,
+            received_ms: r.received_ms,
+            vector: &v,
+        });
+    }
+    let blocks: Vec<&str> = ["keyboard", "mouse"]
+        .into_iter()
+        .filter(|b| !v[*b].is_null())
+        .collect();
+    Ok(format!(
+        "seq={}  created={}  received={}  duration={:.1}s  keys={}  mouse_events={}  blocks={}  \
+         schema={SCHEMA_PREVIOUS} (older agent: its keyboard block is not scored)",
+        r.seq,
+        utc(r.created_ms),
+        utc(r.received_ms),
+        v["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        v["keys"],
+        v["mouse_events"],
         blocks.join(",")
     ))
 }

@@ -47,7 +47,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 
-use cadence_wire::features::{SCHEMA_PREVIOUS, check_previous};
+use cadence_wire::features::{SCHEMA_PREVIOUS, previous_mouse};
 use cadence_wire::{DeviceId, FeatureVector, Kind};
 use tokio::sync::{Notify, watch};
 
@@ -324,23 +324,14 @@ impl Scorer {
                     ..ScoreRow::default()
                 };
                 let before = profile.clone();
-                let result = serde_json::from_str::<FeatureVector>(&w.payload)
-                    .map_err(|e| match check_previous(&w.payload) {
-                        Ok(()) => format!(
-                            "{}: {SCHEMA_PREVIOUS} window from an agent older than this \
-                             verifier (stored, not scored)",
-                            RejectReason::UnknownSchema
-                        ),
-                        Err(_) => format!("malformed: {e}"),
-                    })
-                    .and_then(|v| {
-                        profile
-                            .observe(&key, &v, &state.population, cfg)
-                            .map_err(|e| match e {
-                                ScoringError::Rejected(r) => r.to_string(),
-                                other => format!("scoring error: {other}"),
-                            })
-                    });
+                let result = stored_vector(&w.payload).and_then(|v| {
+                    profile
+                        .observe(&key, &v, &state.population, cfg)
+                        .map_err(|e| match e {
+                            ScoringError::Rejected(r) => r.to_string(),
+                            other => format!("scoring error: {other}"),
+                        })
+                });
                 match result {
                     Ok(obs) => {
                         completed |= obs.enrolling.iter().any(|(_, left)| *left == 0);
@@ -525,7 +516,7 @@ impl Scorer {
                 .await?;
             for r in &page {
                 after = Some(r.seq);
-                let Ok(mut v) = serde_json::from_str::<FeatureVector>(&r.payload) else {
+                let Ok(mut v) = stored_vector(&r.payload) else {
                     continue;
                 };
                 if v.validate().is_err() {
@@ -551,6 +542,21 @@ impl Scorer {
         }
         Ok(out)
     }
+}
+
+/// The vector a stored window is scored as, or why it is not. A window of the previous
+/// schema (an agent older than this verifier) is scored on its mouse block, which both
+/// schemas share; its keyboard block is shorter than this build's and is not scored.
+fn stored_vector(payload: &str) -> Result<FeatureVector, String> {
+    serde_json::from_str::<FeatureVector>(payload).or_else(|e| match previous_mouse(payload) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(format!(
+            "{}: {SCHEMA_PREVIOUS} keyboard window from an agent older than this verifier \
+             (stored, not scored)",
+            RejectReason::UnknownSchema
+        )),
+        Err(_) => Err(format!("malformed: {e}")),
+    })
 }
 
 /// Resets a modality whose stored baseline or pending windows have another dimension than
@@ -635,7 +641,37 @@ mod tests {
 
     use super::*;
     use crate::config::Database;
+    use crate::scoring::{Baseline, Sample};
     use crate::store::{Effect, NewDevice, NewRecord};
+
+    /// An upgrade to a longer keyboard block (v1's 33 features to v2's): the keyboard
+    /// baseline and pending windows of the old length enroll again; the mouse baseline, whose
+    /// block did not change, stays.
+    #[test]
+    fn baselines_of_another_length_enroll_again_and_others_stay() {
+        let mouse_dim = Modality::Mouse.dim();
+        let windows: Vec<Sample> = (0..4)
+            .map(|i| Sample {
+                x: (0..mouse_dim).map(|j| 1.0 + (i * j % 5) as f64).collect(),
+                events: 300,
+            })
+            .collect();
+        let mouse = Baseline::enroll(Modality::Mouse, &windows).unwrap();
+        let mut old_keyboard = mouse.clone();
+        old_keyboard.modality = Modality::Keyboard;
+        assert_ne!(old_keyboard.mean.len(), Modality::Keyboard.dim());
+        let mut profile = UserProfile::default();
+        profile.modality_mut(Modality::Keyboard).baseline = Some(old_keyboard);
+        profile.modality_mut(Modality::Mouse).baseline = Some(mouse.clone());
+        drop_stale_baselines(DeviceId([1; 16]), &mut profile);
+        assert!(profile.modality(Modality::Keyboard).baseline.is_none());
+        assert_eq!(profile.modality(Modality::Mouse).baseline, Some(mouse));
+
+        let mut profile = UserProfile::default();
+        profile.modality_mut(Modality::Keyboard).pending = windows.clone();
+        drop_stale_baselines(DeviceId([1; 16]), &mut profile);
+        assert!(profile.modality(Modality::Keyboard).pending.is_empty());
+    }
 
     /// Only a bound so that a broken scorer fails the test instead of hanging it.
     const WAIT: Duration = Duration::from_secs(30);

@@ -248,6 +248,18 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
         next_seq,
         br#"{"schema":"cadence.features.v2","sentence":"hello"}"#,
     );
+    let broken_previous = {
+        // A previous-schema window with a feature missing: refused, and the refusal says which.
+        use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, SCHEMA_PREVIOUS};
+        let mut v: serde_json::Value = serde_json::from_slice(&features_json(1)).unwrap();
+        v["schema"] = SCHEMA_PREVIOUS.into();
+        let k = v["keyboard"].as_object_mut().unwrap();
+        for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
+            k.remove(*n);
+        }
+        k.remove("hold_p50");
+        device.seal(Kind::Features, next_seq, &serde_json::to_vec(&v).unwrap())
+    };
     let not_json = device.seal(Kind::Consent, next_seq, b"\xff\xfe");
     let reused = device.seal(Kind::Features, 1, &features_json(99)); // seq 1 is stored already
     let good_batch = batch(std::slice::from_ref(&good));
@@ -271,6 +283,12 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
             batch(&[bad_payload]),
             400,
             "bad payload",
+        ),
+        (
+            "previous-schema window with a feature missing",
+            batch(&[broken_previous]),
+            400,
+            "hold_p50 is missing",
         ),
         ("non-UTF-8 payload", batch(&[not_json]), 400, "bad payload"),
         (

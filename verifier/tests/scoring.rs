@@ -352,29 +352,38 @@ async fn windows_stored_before_a_start_are_scored_after_it_on(db: &TestDb) {
     server.stop().await;
 }
 
-/// A window of the previous feature schema, as an agent older than this verifier sends it.
-fn previous_schema_window(typist: &Typist, rng: &mut Rng) -> Vec<u8> {
-    use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, SCHEMA_PREVIOUS};
+/// A window of the previous feature schema, as an agent older than this verifier sends it;
+/// with a mouse block when `mouse` is given.
+fn previous_schema_window(typist: &Typist, rng: &mut Rng, mouse: Option<f64>) -> Vec<u8> {
+    use cadence_wire::features::{
+        KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, MOUSE_LEN, MouseFeatures, SCHEMA_PREVIOUS,
+    };
     let mut v: serde_json::Value = serde_json::from_slice(&typist.window(rng)).unwrap();
     v["schema"] = SCHEMA_PREVIOUS.into();
     let k = v["keyboard"].as_object_mut().unwrap();
     for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
         k.remove(*n).unwrap();
     }
+    if let Some(base) = mouse {
+        let m: [f64; MOUSE_LEN] = std::array::from_fn(|i| base + i as f64);
+        v["mouse"] = serde_json::to_value(MouseFeatures(m)).unwrap();
+        v["mouse_events"] = 400.into();
+    }
     serde_json::to_vec(&v).unwrap()
 }
 
 #[tokio::test]
-async fn windows_of_an_older_agent_are_stored_not_scored() {
-    for db in TestDb::all("windows_of_an_older_agent_are_stored_not_scored").await {
+async fn windows_of_an_older_agent_are_stored_and_their_mouse_scored() {
+    for db in TestDb::all("windows_of_an_older_agent_are_stored_and_their_mouse_scored").await {
         eprintln!("backend: {}", db.label());
-        windows_of_an_older_agent_are_stored_not_scored_on(&db).await;
+        windows_of_an_older_agent_are_stored_and_their_mouse_scored_on(&db).await;
     }
 }
 
-/// A verifier upgraded before its agents keeps their windows (acknowledged, stored once) and
-/// says why it does not score them, while current windows from the same device enroll.
-async fn windows_of_an_older_agent_are_stored_not_scored_on(db: &TestDb) {
+/// A verifier upgraded before its agents keeps their windows (acknowledged, stored once,
+/// listed), scores the mouse block the two schemas share, and says why it does not score
+/// their keyboard block; current windows from the same device enroll as usual.
+async fn windows_of_an_older_agent_are_stored_and_their_mouse_scored_on(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let server = start_small(dir.path(), db).await;
     let client = server.client();
@@ -385,31 +394,55 @@ async fn windows_of_an_older_agent_are_stored_not_scored_on(db: &TestDb) {
         device.seal(
             Kind::Features,
             1,
-            &previous_schema_window(&typist, &mut rng),
+            &previous_schema_window(&typist, &mut rng, None),
         ),
-        device.seal(Kind::Features, 2, &typist.window(&mut rng)),
+        device.seal(
+            Kind::Features,
+            2,
+            &previous_schema_window(&typist, &mut rng, Some(100.0)),
+        ),
+        device.seal(Kind::Features, 3, &typist.window(&mut rng)),
     ];
     let (status, body) = post(&server, &client, batch(&envelopes)).await;
     assert_eq!(status, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["acked"], serde_json::json!([1, 2]), "{body}");
-    wait_for(20, "both windows to be looked at", || async {
+    assert_eq!(answer["acked"], serde_json::json!([1, 2, 3]), "{body}");
+    wait_for(20, "every window to be looked at", || async {
         let t = timeline(&server, device.id).await;
-        t.len() == 2 && t.iter().all(|e| e.score.is_some())
+        t.len() == 3 && t.iter().all(|e| e.score.is_some())
     })
     .await;
     let t = timeline(&server, device.id).await;
-    let old = t[0].score.as_ref().unwrap();
-    let why = old.rejected.as_deref().unwrap_or_default();
+    let keyboard_only = t[0].score.as_ref().unwrap();
+    let why = keyboard_only.rejected.as_deref().unwrap_or_default();
     assert!(
         why.starts_with("unknown_schema") && why.contains("older than this verifier"),
-        "{old:?}"
+        "{keyboard_only:?}"
     );
-    assert!(old.score.is_none(), "{old:?}");
-    let new = t[1].score.as_ref().unwrap();
-    assert!(new.rejected.is_none(), "{new:?}");
-    // Four enrollment windows: the current one counted, the older one did not.
-    assert_eq!(new.enrolling.as_deref(), Some(r#"{"keyboard":3}"#));
+    assert!(keyboard_only.score.is_none(), "{keyboard_only:?}");
+    // Four enrollment windows per modality: the older window counted for the mouse only.
+    let with_mouse = t[1].score.as_ref().unwrap();
+    assert!(with_mouse.rejected.is_none(), "{with_mouse:?}");
+    assert_eq!(with_mouse.enrolling.as_deref(), Some(r#"{"mouse":3}"#));
+    let current = t[2].score.as_ref().unwrap();
+    assert!(current.rejected.is_none(), "{current:?}");
+    assert_eq!(current.enrolling.as_deref(), Some(r#"{"keyboard":3}"#));
+
+    // The operator's listing shows all three, the older ones as stored.
+    let id = device.id.to_string();
+    let (ok, out, err) = cli_async(&server.data_dir, &["windows", "--device", &id]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("schema=cadence.features.v1"), "{out}");
+    assert!(lines[1].contains("blocks=keyboard,mouse"), "{out}");
+    assert!(!lines[2].contains("schema="), "{out}");
+    let (ok, out, err) = cli_async(&server.data_dir, &["windows", "--device", &id, "--json"]).await;
+    assert!(ok, "{err}");
+    let rows = json_lines(&out);
+    assert_eq!(rows[0]["vector"]["schema"], "cadence.features.v1");
+    assert_eq!(rows[1]["vector"]["mouse"]["speed_p50"], 101.0);
+    assert_eq!(rows[2]["vector"]["schema"], "cadence.features.v2");
     server.stop().await;
 }
 

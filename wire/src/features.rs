@@ -316,7 +316,6 @@ impl FeatureVector {
 /// A vector of [`SCHEMA_PREVIOUS`], as an older agent sends it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Read only to be checked.
 struct PreviousVector {
     schema: String,
     duration_ms: u64,
@@ -329,6 +328,26 @@ struct PreviousVector {
 /// Checks that `s` is a well-formed vector of [`SCHEMA_PREVIOUS`]: the same invariants as
 /// [`FeatureVector::from_json`], against that schema's feature list.
 pub fn check_previous(s: &str) -> Result<(), String> {
+    previous(s).map(|_| ())
+}
+
+/// What this schema can use of a well-formed [`SCHEMA_PREVIOUS`] vector: its mouse block
+/// (the same in both schemas), as a vector of [`SCHEMA`] without a keyboard block; `None`
+/// when it has no mouse block. Its keyboard block is shorter than this schema's and is left
+/// out. For scoring an older agent's windows in memory, never for storing them.
+pub fn previous_mouse(s: &str) -> Result<Option<FeatureVector>, String> {
+    let v = previous(s)?;
+    Ok(v.mouse.map(|m| FeatureVector {
+        schema: SCHEMA.to_owned(),
+        duration_ms: v.duration_ms,
+        keys: v.keys,
+        mouse_events: v.mouse_events,
+        keyboard: None,
+        mouse: Some(m),
+    }))
+}
+
+fn previous(s: &str) -> Result<PreviousVector, String> {
     let v: PreviousVector = serde_json::from_str(s).map_err(|e| e.to_string())?;
     if v.schema != SCHEMA_PREVIOUS {
         return Err(SchemaError::UnknownSchema(v.schema).to_string());
@@ -351,7 +370,7 @@ pub fn check_previous(s: &str) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -467,8 +486,21 @@ mod tests {
                 .unwrap_err()
                 .contains("neither")
         );
-        let mut w = v;
+        let mut w = v.clone();
         w["sentence"] = "hello".into();
         assert!(check_previous(&w.to_string()).is_err());
+
+        // Keyboard only: nothing this schema can score.
+        assert_eq!(previous_mouse(&previous), Ok(None));
+        let mut m = [0.0; MOUSE_LEN];
+        m[1] = 250.0;
+        let mut w = v;
+        w["mouse"] = serde_json::to_value(MouseFeatures(m)).unwrap();
+        let got = previous_mouse(&w.to_string()).unwrap().unwrap();
+        assert_eq!(got.schema, SCHEMA);
+        assert_eq!(got.keyboard, None);
+        assert_eq!(got.mouse, Some(MouseFeatures(m)));
+        assert_eq!((got.keys, got.duration_ms), (80, 12_000));
+        got.validate().unwrap();
     }
 }

@@ -1,8 +1,9 @@
 //! Keystroke timing accumulator for one window.
 //!
 //! Sees only key classes and times. Keeps distributions (hold, down-down, up-down, press to
-//! press two keys apart), not the order in which they happened: by the time a window closes, the buffers have been reordered
-//! by the quantile code, and only their statistics are handed on.
+//! press two keys apart), not the order in which they happened: by the time a window closes,
+//! the buffers have been reordered by the quantile code, and only their statistics are handed
+//! on.
 
 use cadence_wire::features::{KEYBOARD_LEN, KeyboardFeatures};
 

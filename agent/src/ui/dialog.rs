@@ -318,10 +318,11 @@ pub const IDOK: i32 = 1;
 /// or Space can grant, and not before [`WINDOWS_OK_DELAY_MS`].
 pub const WINDOWS_STYLE: u32 = 0x1 | 0x100 | 0x20 | 0x4_0000;
 
-/// The OK button of the Windows box is disabled for this long after the box appears (a
-/// thread-local CBT hook disables it when the box is first activated, a timer enables it):
-/// keys typed for another window in that time, Tab and Enter among them, cannot reach it, as
-/// Tab skips a disabled button. Long enough for a burst of typing to notice the box, short
+/// The OK button of the Windows box is disabled for this long from the box's first
+/// activation (a thread-local CBT hook disables it then, a timer enables it): when it appears
+/// with the focus, or, when Windows keeps it in the background, when the user first brings
+/// it forward. Keys typed meanwhile, Tab and Enter among them, cannot reach it, as Tab skips a
+/// disabled button. Long enough for a burst of typing to notice the box, short
 /// enough not to be in the way of someone who means to allow.
 pub const WINDOWS_OK_DELAY_MS: u32 = 1_500;
 

@@ -5,7 +5,8 @@
 //! answer are `dialog.rs`'s, tested on every OS. Never decodes the answer itself.
 //! `scripts/check-per-os-files.sh` type-checks this file on Linux against windows-sys.
 //!
-//! The OK button is disabled from the moment the box is first activated until
+//! The OK button is disabled from the moment the box is first activated (when it appears,
+//! or, if Windows keeps it in the background, when the user first brings it forward) until
 //! [`WINDOWS_OK_DELAY_MS`] later: a CBT hook on this thread only (`WH_CBT`, our thread id,
 //! no DLL) sees the box's activation before it is drawn, disables its OK button and starts a
 //! timer on the box; the box's own modal loop dispatches the timer, which enables the button
@@ -37,8 +38,9 @@ const _: () = assert!(WINDOWS_STYLE == MB_OKCANCEL | MB_DEFBUTTON2 | MB_ICONQUES
 const ENABLE_OK_TIMER: usize = 0xCADE;
 
 thread_local! {
-    /// Set while a box is shown and its OK button not yet disabled: only its first
-    /// activation disables it (a later one, after the user clicked elsewhere, does not).
+    /// Set while a box is shown and its OK button not yet disabled: only the first activation
+    /// of a window with an OK button disables it (a later one, after the user clicked
+    /// elsewhere, does not).
     static ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -51,7 +53,7 @@ fn wide(s: &str) -> Vec<u16> {
 
 /// The CBT hook: on the box's first activation, disables OK and starts the timer.
 unsafe extern "system" fn on_cbt(code: i32, wparam: WPARAM, lparam: LPARAM) -> LRESULT {
-    if code >= 0 && code as u32 == HCBT_ACTIVATE && ARMED.with(|a| a.replace(false)) {
+    if code >= 0 && code as u32 == HCBT_ACTIVATE && ARMED.get() {
         // For HCBT_ACTIVATE, wparam is the window being activated: the message box, the only
         // window this thread creates while the hook is set.
         let hwnd = wparam as HWND;
@@ -61,8 +63,13 @@ unsafe extern "system" fn on_cbt(code: i32, wparam: WPARAM, lparam: LPARAM) -> L
         unsafe {
             let ok = GetDlgItem(hwnd, IDOK);
             if !ok.is_null() {
+                ARMED.set(false);
                 EnableWindow(ok, 0);
-                SetTimer(hwnd, ENABLE_OK_TIMER, WINDOWS_OK_DELAY_MS, Some(enable_ok));
+                if SetTimer(hwnd, ENABLE_OK_TIMER, WINDOWS_OK_DELAY_MS, Some(enable_ok)) == 0 {
+                    // Without the timer OK would stay disabled: the user could not allow.
+                    EnableWindow(ok, 1);
+                    tracing::warn!("cannot delay the consent box's OK button (no timer)");
+                }
             }
         }
     }
@@ -88,7 +95,7 @@ impl ConsentDialog for MessageBox {
     fn ask(&self, text: &str) -> Answer {
         let text = wide(&windows_text(text));
         let title = wide(TITLE);
-        ARMED.with(|a| a.set(true));
+        ARMED.set(true);
         // SAFETY: a thread hook (no module handle, this thread's id) with a procedure that
         // lives for the whole program; removed below before this function returns.
         let hook = unsafe {
@@ -112,7 +119,10 @@ impl ConsentDialog for MessageBox {
                 WINDOWS_STYLE,
             )
         };
-        ARMED.with(|a| a.set(false));
+        let missed = ARMED.replace(false);
+        if missed && !hook.is_null() {
+            tracing::warn!("the consent box's OK button was not found to delay it");
+        }
         if !hook.is_null() {
             // SAFETY: the handle SetWindowsHookExW returned above, removed once.
             unsafe { UnhookWindowsHookEx(hook) };
