@@ -1076,6 +1076,15 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_from_a_later_agent_is_read() {
+        let marker: ConsentSealed =
+            serde_json::from_str(r#"{"index":4,"seq":9,"at_ms":5,"later":true}"#).unwrap();
+        assert_eq!((marker.index, marker.seq, marker.at_ms), (4, 9, Some(5)));
+        let older: ConsentSealed = serde_json::from_str(r#"{"index":4,"seq":9}"#).unwrap();
+        assert_eq!(older.at_ms, None);
+    }
+
+    #[test]
     fn only_a_grant_of_the_current_notice_allows_capture() {
         let c = ConsentFile {
             decision: Decision::Granted,

@@ -699,11 +699,67 @@ mod tests {
             keyboard: Some(KeyboardFeatures([60.0; KEYBOARD_LEN])),
             mouse: None,
         };
+        store_payload(store, device, seq, serde_json::to_string(&v).unwrap()).await;
+    }
+
+    /// An older agent's window: its keyboard block of the previous length, and a mouse block
+    /// when `mouse` is set.
+    fn previous_window(mouse: bool) -> String {
+        use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, MOUSE_FEATURES};
+        let keyboard: serde_json::Map<String, serde_json::Value> = KEYBOARD_FEATURES
+            [..KEYBOARD_LEN_PREVIOUS]
+            .iter()
+            .map(|(n, _)| ((*n).to_owned(), 60.0.into()))
+            .collect();
+        let m: serde_json::Map<String, serde_json::Value> = MOUSE_FEATURES
+            .iter()
+            .map(|(n, _)| ((*n).to_owned(), 5.0.into()))
+            .collect();
+        serde_json::json!({
+            "schema": SCHEMA_PREVIOUS,
+            "duration_ms": 30_000,
+            "keys": 120,
+            "mouse_events": if mouse { 300 } else { 0 },
+            "keyboard": keyboard,
+            "mouse": if mouse { serde_json::Value::Object(m) } else { serde_json::Value::Null },
+        })
+        .to_string()
+    }
+
+    /// An older agent's windows serve the population as the scorer scores them: their mouse
+    /// block, never their keyboard block.
+    #[tokio::test]
+    async fn an_older_agents_windows_lend_only_their_mouse_to_the_population() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Database::Sqlite(dir.path().join("v.db")))
+            .await
+            .unwrap();
+        let device = enroll(&store, "old").await;
+        store_payload(&store, device, 1, previous_window(false)).await;
+        store_payload(&store, device, 2, previous_window(true)).await;
+        store_payload(&store, device, 3, previous_window(true)).await;
+        store_window(&store, device, 4).await;
+        let scorer = Scorer::load(store.clone(), ScoringConfig::default(), Outbox::default())
+            .await
+            .unwrap();
+        let got = scorer
+            .first_windows(device, 5, 5, true, true)
+            .await
+            .unwrap();
+        let shape: Vec<(bool, bool)> = got
+            .iter()
+            .map(|v| (v.keyboard.is_some(), v.mouse.is_some()))
+            .collect();
+        assert_eq!(shape, [(false, true), (false, true), (true, false)]);
+        store.close().await;
+    }
+
+    async fn store_payload(store: &Store, device: DeviceId, seq: u64, payload: String) {
         let record = NewRecord {
             seq,
             kind: Kind::Features,
             created_ms: now_ms(),
-            payload: serde_json::to_string(&v).unwrap(),
+            payload,
             envelope_sha256: [u8::try_from(seq).unwrap(); 32],
             effect: Effect::None,
         };

@@ -249,7 +249,8 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
         br#"{"schema":"cadence.features.v2","sentence":"hello"}"#,
     );
     let broken_previous = {
-        // A previous-schema window with a feature missing: refused, and the refusal says which.
+        // A previous-schema window with a mouse feature missing: refused, and the refusal
+        // says which (not the first feature the current schema has and it lacks).
         use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, SCHEMA_PREVIOUS};
         let mut v: serde_json::Value = serde_json::from_slice(&features_json(1)).unwrap();
         v["schema"] = SCHEMA_PREVIOUS.into();
@@ -257,7 +258,13 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
         for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
             k.remove(*n);
         }
-        k.remove("hold_p50");
+        let mut m: serde_json::Map<String, serde_json::Value> =
+            cadence_wire::features::MOUSE_FEATURES
+                .iter()
+                .map(|(n, _)| ((*n).to_owned(), 1.0.into()))
+                .collect();
+        m.remove("speed_p50");
+        v["mouse"] = serde_json::Value::Object(m);
         device.seal(Kind::Features, next_seq, &serde_json::to_vec(&v).unwrap())
     };
     let not_json = device.seal(Kind::Consent, next_seq, b"\xff\xfe");
@@ -288,7 +295,7 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
             "previous-schema window with a feature missing",
             batch(&[broken_previous]),
             400,
-            "hold_p50 is missing",
+            "not a cadence.features.v1 vector: feature speed_p50 is missing",
         ),
         ("non-UTF-8 payload", batch(&[not_json]), 400, "bad payload"),
         (

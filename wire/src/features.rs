@@ -27,8 +27,8 @@
 //! `cadence.features.v2` is `v1` with 18 keyboard features appended (finer quantiles of the
 //! class timings and the press-to-press time two keys apart); the mouse block is unchanged.
 //! [`check_previous`] recognises a well-formed `v1` vector, so that a verifier upgraded before
-//! its agents can store their windows instead of refusing them (it cannot score them: their
-//! keyboard block is shorter).
+//! its agents can store their windows instead of refusing them, and [`previous_mouse`] gives
+//! the part it can score: the mouse block (their keyboard block is shorter).
 
 use std::fmt;
 

@@ -120,7 +120,8 @@ impl ConsentDialog for MessageBox {
             )
         };
         let missed = ARMED.replace(false);
-        if missed && !hook.is_null() {
+        // A box that was shown (code 0: it was not) and answered without the delay.
+        if missed && !hook.is_null() && code != 0 {
             tracing::warn!("the consent box's OK button was not found to delay it");
         }
         if !hook.is_null() {
