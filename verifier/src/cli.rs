@@ -732,13 +732,7 @@ pub fn window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
         }
     };
     if json {
-        return to_json(&WindowJson {
-            device: r.device,
-            seq: r.seq,
-            created_ms: r.created_ms,
-            received_ms: r.received_ms,
-            vector: &vector,
-        });
+        return window_json(r, &vector);
     }
     let blocks: Vec<&str> = [
         vector.keyboard.is_some().then_some("keyboard"),
@@ -747,15 +741,12 @@ pub fn window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
     .into_iter()
     .flatten()
     .collect();
-    Ok(format!(
-        "seq={}  created={}  received={}  duration={:.1}s  keys={}  mouse_events={}  blocks={}",
-        r.seq,
-        utc(r.created_ms),
-        utc(r.received_ms),
-        vector.duration_ms as f64 / 1000.0,
-        vector.keys,
-        vector.mouse_events,
-        blocks.join(",")
+    Ok(window_summary(
+        r,
+        vector.duration_ms as f64,
+        &vector.keys,
+        &vector.mouse_events,
+        &blocks,
     ))
 }
 
@@ -764,29 +755,51 @@ fn previous_window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
     let v: serde_json::Value =
         serde_json::from_str(&r.payload).map_err(|e| Error::Corrupt(e.to_string()))?;
     if json {
-        return to_json(&WindowJson {
-            device: r.device,
-            seq: r.seq,
-            created_ms: r.created_ms,
-            received_ms: r.received_ms,
-            vector: &v,
-        });
+        return window_json(r, &v);
     }
     let blocks: Vec<&str> = ["keyboard", "mouse"]
         .into_iter()
         .filter(|b| !v[*b].is_null())
         .collect();
+    let line = window_summary(
+        r,
+        v["duration_ms"].as_f64().unwrap_or(0.0),
+        &v["keys"],
+        &v["mouse_events"],
+        &blocks,
+    );
     Ok(format!(
-        "seq={}  created={}  received={}  duration={:.1}s  keys={}  mouse_events={}  blocks={}  \
-         schema={SCHEMA_PREVIOUS} (older agent: its keyboard block is not scored)",
+        "{line}  schema={SCHEMA_PREVIOUS} (older agent: its keyboard block is not scored)"
+    ))
+}
+
+fn window_json<V: Serialize>(r: &StoredRecord, vector: &V) -> Result<String, Error> {
+    to_json(&WindowJson {
+        device: r.device,
+        seq: r.seq,
+        created_ms: r.created_ms,
+        received_ms: r.received_ms,
+        vector,
+    })
+}
+
+fn window_summary(
+    r: &StoredRecord,
+    duration_ms: f64,
+    keys: &dyn std::fmt::Display,
+    mouse_events: &dyn std::fmt::Display,
+    blocks: &[&str],
+) -> String {
+    format!(
+        "seq={}  created={}  received={}  duration={:.1}s  keys={}  mouse_events={}  blocks={}",
         r.seq,
         utc(r.created_ms),
         utc(r.received_ms),
-        v["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-        v["keys"],
-        v["mouse_events"],
+        duration_ms / 1000.0,
+        keys,
+        mouse_events,
         blocks.join(",")
-    ))
+    )
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, Error> {
