@@ -20,7 +20,6 @@ use std::cell::Cell;
 
 use windows_sys::Win32::Foundation::{HWND, LPARAM, LRESULT, WPARAM};
 use windows_sys::Win32::System::Threading::GetCurrentThreadId;
-use windows_sys::Win32::UI::Input::KeyboardAndMouse::EnableWindow;
 use windows_sys::Win32::UI::WindowsAndMessaging::{
     CallNextHookEx, GetDlgItem, HCBT_ACTIVATE, IDOK, KillTimer, MB_DEFBUTTON2, MB_ICONQUESTION,
     MB_OKCANCEL, MB_TOPMOST, MessageBoxW, SetTimer, SetWindowsHookExW, UnhookWindowsHookEx, WH_CBT,
@@ -33,6 +32,14 @@ use super::{
 // What is decoded and tested on every OS is what the OS uses.
 const _: () = assert!(super::IDOK == IDOK);
 const _: () = assert!(WINDOWS_STYLE == MB_OKCANCEL | MB_DEFBUTTON2 | MB_ICONQUESTION | MB_TOPMOST);
+
+#[link(name = "user32")]
+unsafe extern "system" {
+    /// `EnableWindow` (winuser.h), declared here rather than taken from windows-sys: its
+    /// `Win32_UI_Input_KeyboardAndMouse` feature would also declare the key-to-text functions
+    /// the agent must not be able to call (`agent/tests/no_text_apis.rs` keeps it off).
+    fn EnableWindow(hwnd: HWND, enable: windows_sys::core::BOOL) -> windows_sys::core::BOOL;
+}
 
 /// The timer's id on the box (any value: the box has no timers of its own).
 const ENABLE_OK_TIMER: usize = 0xCADE;
