@@ -926,11 +926,17 @@ mod seal_decisions_tests {
             .collect()
     }
 
-    #[test]
-    fn decisions_in_a_journal_that_started_again_are_sealed() {
-        let dir = std::env::temp_dir().join(format!("cadence-reseal-{}", std::process::id()));
+    /// An empty data directory of this test process.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cadence-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         state::ensure_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn decisions_in_a_journal_that_started_again_are_sealed() {
+        let dir = fresh_dir("reseal");
         let shared = shared(&dir);
         decide(&dir, Decision::Granted, 1);
         decide(&dir, Decision::Withdrawn, 2);
@@ -968,9 +974,7 @@ mod seal_decisions_tests {
 
     #[test]
     fn decisions_in_a_longer_replacement_journal_are_sealed() {
-        let dir = std::env::temp_dir().join(format!("cadence-replace-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        state::ensure_dir(&dir).unwrap();
+        let dir = fresh_dir("replace");
         let shared = shared(&dir);
         decide(&dir, Decision::Granted, 1);
         decide(&dir, Decision::Withdrawn, 2);

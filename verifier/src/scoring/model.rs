@@ -519,13 +519,7 @@ impl Detector {
         let mut out = Vec::with_capacity(refs.len());
         let mut rest = Vec::with_capacity(refs.len() - 1);
         for i in 0..refs.len() {
-            rest.clear();
-            rest.extend(
-                refs.iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, s)| s.clone()),
-            );
+            all_but(refs, i, &mut rest);
             let loo = Detector::build(
                 &Baseline::enroll(self.modality, &rest)?,
                 population,
@@ -577,6 +571,17 @@ fn check_dim(modality: Modality, expected: usize, got: usize) -> Result<(), Scor
 }
 
 /// Median by selection; reorders `v`. 0 for an empty slice.
+/// `all` without its `skip`th window, into `out` (cleared first): one leave-one-out set.
+pub(crate) fn all_but(all: &[Sample], skip: usize, out: &mut Vec<Sample>) {
+    out.clear();
+    out.extend(
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, s)| s.clone()),
+    );
+}
+
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;

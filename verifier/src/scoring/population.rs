@@ -343,13 +343,7 @@ fn self_separation(model: &PopulationModel, users: &[&[Sample]]) -> Result<f64, 
         let mut genuine = Vec::new();
         let mut impostor = Vec::new();
         for j in 0..own.len().min(SELF_WINDOWS) {
-            rest.clear();
-            rest.extend(
-                own.iter()
-                    .enumerate()
-                    .filter(|(t, _)| *t != j)
-                    .map(|(_, s)| s.clone()),
-            );
+            super::model::all_but(own, j, &mut rest);
             let det = Detector::build(
                 &Baseline::enroll(model.modality, &rest)?,
                 Some(model),
