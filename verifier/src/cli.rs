@@ -16,7 +16,7 @@ use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cadence_wire::features::{SCHEMA_PREVIOUS, check_previous};
+use cadence_wire::features::check_previous;
 use cadence_wire::{DeviceId, FeatureVector, Kind};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -723,13 +723,15 @@ pub struct WindowJson<'a, V: Serialize = FeatureVector> {
 pub fn window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
     let vector = match FeatureVector::from_json(&r.payload) {
         Ok(v) => v,
-        Err(_) if check_previous(&r.payload).is_ok() => return previous_window_line(r, json),
-        Err(e) => {
-            return Err(Error::Corrupt(format!(
-                "stored window {} of {}: {e}",
-                r.seq, r.device
-            )));
-        }
+        Err(e) => match check_previous(&r.payload) {
+            Ok(schema) => return previous_window_line(r, schema, json),
+            Err(_) => {
+                return Err(Error::Corrupt(format!(
+                    "stored window {} of {}: {e}",
+                    r.seq, r.device
+                )));
+            }
+        },
     };
     if json {
         return window_json(r, &vector);
@@ -750,8 +752,8 @@ pub fn window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
     ))
 }
 
-/// A stored window of the previous schema (an older agent's), shown as stored.
-fn previous_window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
+/// A stored window of a previous `schema` (an older agent's), shown as stored.
+fn previous_window_line(r: &StoredRecord, schema: &str, json: bool) -> Result<String, Error> {
     let v: serde_json::Value =
         serde_json::from_str(&r.payload).map_err(|e| Error::Corrupt(e.to_string()))?;
     if json {
@@ -769,7 +771,7 @@ fn previous_window_line(r: &StoredRecord, json: bool) -> Result<String, Error> {
         &blocks,
     );
     Ok(format!(
-        "{line}  schema={SCHEMA_PREVIOUS} (older agent: its keyboard block is not scored)"
+        "{line}  schema={schema} (older agent: its keyboard block is not scored)"
     ))
 }
 

@@ -484,19 +484,16 @@ fn open_one(
             // An agent older than this verifier: its window is kept as it came (the scorer
             // scores its mouse block, not its keyboard block) rather than refused and lost.
             Err(e) => match cadence_wire::features::check_previous(text) {
-                Ok(()) => {
+                Ok(_) => {
                     let v: serde_json::Value =
                         serde_json::from_str(text).map_err(|e| bad("not a feature vector", &e))?;
                     (canonical(&v)?, Effect::None)
                 }
                 // What is wrong with it as the schema it names, not as this one.
-                Err(old) if names_previous_schema(text) => {
-                    return Err(bad(
-                        &format!("not a {} vector", cadence_wire::features::SCHEMA_PREVIOUS),
-                        &old,
-                    ));
-                }
-                Err(_) => return Err(bad("not a feature vector", &e)),
+                Err(old) => match cadence_wire::features::names_previous(text) {
+                    Some(schema) => return Err(bad(&format!("not a {schema} vector"), &old)),
+                    None => return Err(bad("not a feature vector", &e)),
+                },
             },
         },
         Kind::Consent => {
@@ -540,12 +537,6 @@ fn open_one(
 }
 
 /// The compact JSON form a payload is stored in.
-/// Whether a payload names the previous feature schema (however wrong the rest of it is).
-fn names_previous_schema(text: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(text)
-        .is_ok_and(|v| v["schema"] == cadence_wire::features::SCHEMA_PREVIOUS)
-}
-
 fn canonical<T: serde::Serialize>(value: &T) -> Result<String, Reason> {
     serde_json::to_string(value)
         .map_err(|e| Reason::BadPayload(format!("payload cannot be stored: {e}")))

@@ -47,7 +47,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 
-use cadence_wire::features::{SCHEMA_PREVIOUS, previous_mouse};
+use cadence_wire::features::{check_previous, previous_mouse};
 use cadence_wire::{DeviceId, FeatureVector, Kind};
 use tokio::sync::{Notify, watch};
 
@@ -544,16 +544,17 @@ impl Scorer {
     }
 }
 
-/// The vector a stored window is scored as, or why it is not. A window of the previous
-/// schema (an agent older than this verifier) is scored on its mouse block, which both
-/// schemas share; its keyboard block is shorter than this build's and is not scored.
+/// The vector a stored window is scored as, or why it is not. A window of a previous
+/// schema (an agent older than this verifier) is scored on its mouse block, which every
+/// schema shares; its keyboard block is shorter than this build's and is not scored.
 fn stored_vector(payload: &str) -> Result<FeatureVector, String> {
     serde_json::from_str::<FeatureVector>(payload).or_else(|e| match previous_mouse(payload) {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(format!(
-            "{}: {SCHEMA_PREVIOUS} keyboard window from an agent older than this verifier \
-             (stored, not scored)",
-            RejectReason::UnknownSchema
+            "{}: {} keyboard window from an agent older than this verifier (stored, not \
+             scored)",
+            RejectReason::UnknownSchema,
+            check_previous(payload).unwrap_or("older")
         )),
         Err(_) => Err(format!("malformed: {e}")),
     })
@@ -644,7 +645,7 @@ mod tests {
     use crate::scoring::{Baseline, Sample};
     use crate::store::{Effect, NewDevice, NewRecord};
 
-    /// An upgrade to a longer keyboard block (v1's 33 features to v2's): the keyboard
+    /// An upgrade to a longer keyboard block (an older schema's to this one's): the keyboard
     /// baseline and pending windows of the old length enroll again; the mouse baseline, whose
     /// block did not change, stays.
     #[test]
@@ -705,9 +706,9 @@ mod tests {
     /// An older agent's window: its keyboard block of the previous length, and a mouse block
     /// when `mouse` is set.
     fn previous_window(mouse: bool) -> String {
-        use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, MOUSE_FEATURES};
-        let keyboard: serde_json::Map<String, serde_json::Value> = KEYBOARD_FEATURES
-            [..KEYBOARD_LEN_PREVIOUS]
+        use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES, PREVIOUS};
+        let (schema, len) = PREVIOUS[0];
+        let keyboard: serde_json::Map<String, serde_json::Value> = KEYBOARD_FEATURES[..len]
             .iter()
             .map(|(n, _)| ((*n).to_owned(), 60.0.into()))
             .collect();
@@ -716,7 +717,7 @@ mod tests {
             .map(|(n, _)| ((*n).to_owned(), 5.0.into()))
             .collect();
         serde_json::json!({
-            "schema": SCHEMA_PREVIOUS,
+            "schema": schema,
             "duration_ms": 30_000,
             "keys": 120,
             "mouse_events": if mouse { 300 } else { 0 },

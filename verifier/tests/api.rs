@@ -246,16 +246,21 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
     let bad_payload = device.seal(
         Kind::Features,
         next_seq,
-        br#"{"schema":"cadence.features.v2","sentence":"hello"}"#,
+        format!(
+            r#"{{"schema":"{}","sentence":"hello"}}"#,
+            cadence_wire::features::SCHEMA
+        )
+        .as_bytes(),
     );
     let broken_previous = {
-        // A previous-schema window with a mouse feature missing: refused, and the refusal
-        // says which (not the first feature the current schema has and it lacks).
-        use cadence_wire::features::{KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, SCHEMA_PREVIOUS};
+        // A window of the schema before this one with a mouse feature missing: refused, and
+        // the refusal says which (not the first feature the current schema has and it lacks).
+        use cadence_wire::features::{KEYBOARD_FEATURES, PREVIOUS};
+        let (schema, len) = PREVIOUS[0];
         let mut v: serde_json::Value = serde_json::from_slice(&features_json(1)).unwrap();
-        v["schema"] = SCHEMA_PREVIOUS.into();
+        v["schema"] = schema.into();
         let k = v["keyboard"].as_object_mut().unwrap();
-        for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
+        for (n, _) in &KEYBOARD_FEATURES[len..] {
             k.remove(*n);
         }
         let mut m: serde_json::Map<String, serde_json::Value> =
@@ -295,7 +300,7 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
             "previous-schema window with a feature missing",
             batch(&[broken_previous]),
             400,
-            "not a cadence.features.v1 vector: feature speed_p50 is missing",
+            "not a cadence.features.v2 vector: feature speed_p50 is missing",
         ),
         ("non-UTF-8 payload", batch(&[not_json]), 400, "bad payload"),
         (

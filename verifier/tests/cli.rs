@@ -162,7 +162,7 @@ async fn serve_token_devices_windows_and_restart() {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["device"], id);
-            assert_eq!(v["vector"]["schema"], "cadence.features.v2");
+            assert_eq!(v["vector"]["schema"], "cadence.features.v3");
             assert!(v["received_ms"].as_u64().unwrap() > 0);
             v["seq"].as_u64().unwrap()
         })

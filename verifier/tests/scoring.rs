@@ -352,16 +352,15 @@ async fn windows_stored_before_a_start_are_scored_after_it_on(db: &TestDb) {
     server.stop().await;
 }
 
-/// A window of the previous feature schema, as an agent older than this verifier sends it;
-/// with a mouse block when `mouse` is given.
+/// A window of the oldest feature schema the verifier reads, as an agent older than this
+/// verifier sends it; with a mouse block when `mouse` is given.
 fn previous_schema_window(typist: &Typist, rng: &mut Rng, mouse: Option<f64>) -> Vec<u8> {
-    use cadence_wire::features::{
-        KEYBOARD_FEATURES, KEYBOARD_LEN_PREVIOUS, MOUSE_LEN, MouseFeatures, SCHEMA_PREVIOUS,
-    };
+    use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_LEN, MouseFeatures, PREVIOUS};
+    let (schema, len) = PREVIOUS[PREVIOUS.len() - 1];
     let mut v: serde_json::Value = serde_json::from_slice(&typist.window(rng)).unwrap();
-    v["schema"] = SCHEMA_PREVIOUS.into();
+    v["schema"] = schema.into();
     let k = v["keyboard"].as_object_mut().unwrap();
-    for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
+    for (n, _) in &KEYBOARD_FEATURES[len..] {
         k.remove(*n).unwrap();
     }
     if let Some(base) = mouse {
@@ -442,7 +441,7 @@ async fn windows_of_an_older_agent_are_stored_and_their_mouse_scored_on(db: &Tes
     let rows = json_lines(&out);
     assert_eq!(rows[0]["vector"]["schema"], "cadence.features.v1");
     assert_eq!(rows[1]["vector"]["mouse"]["speed_p50"], 101.0);
-    assert_eq!(rows[2]["vector"]["schema"], "cadence.features.v2");
+    assert_eq!(rows[2]["vector"]["schema"], cadence_wire::features::SCHEMA);
     server.stop().await;
 }
 

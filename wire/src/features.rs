@@ -1,4 +1,4 @@
-//! The feature vector, schema `cadence.features.v2`.
+//! The feature vector, schema `cadence.features.v3`.
 //!
 //! A [`FeatureVector`] summarises one closed window of input: distributions and rates only.
 //! It is fixed-length per modality, every feature is named, and a modality the window did not
@@ -8,7 +8,7 @@
 //!
 //! | field | type | meaning |
 //! |---|---|---|
-//! | `schema` | string | always `"cadence.features.v2"`; anything else is rejected |
+//! | `schema` | string | always `"cadence.features.v3"`; anything else is rejected |
 //! | `duration_ms` | integer | time from the window's first to its last event |
 //! | `keys` | integer | key presses in the window (auto-repeat excluded) |
 //! | `mouse_events` | integer | pointer events in the window (moves, buttons, scrolls) |
@@ -24,11 +24,16 @@
 //!
 //! # Versions
 //!
-//! `cadence.features.v2` is `v1` with 18 keyboard features appended (finer quantiles of the
-//! class timings and the press-to-press time two keys apart); the mouse block is unchanged.
-//! [`check_previous`] recognises a well-formed `v1` vector, so that a verifier upgraded before
-//! its agents can store their windows instead of refusing them, and [`previous_mouse`] gives
-//! the part it can score: the mouse block (their keyboard block is shorter).
+//! Each version appends keyboard features to the one before and keeps the mouse block:
+//! `cadence.features.v2` is `v1` with 18 (finer quantiles of the class timings and the
+//! press-to-press time two keys apart), `v3` is `v2` with 8 (up-up flight, press to press
+//! three keys apart, a modifier's release lag, the hold before a space), and its keyboard
+//! quantiles are Harrell–Davis estimates up to 1024 samples (the agent's `features::stats`)
+//! where earlier agents took nearest rank. The mouse block's quantiles are nearest rank in
+//! every version, so that block means the same from any agent. [`check_previous`] recognises a well-formed vector of a
+//! [`PREVIOUS`] schema, so that a verifier upgraded before its agents can store their windows
+//! instead of refusing them, and [`previous_mouse`] gives the part it can score: the mouse
+//! block (their keyboard block is shorter).
 
 use std::fmt;
 
@@ -37,14 +42,12 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The schema identifier every feature vector carries.
-pub const SCHEMA: &str = "cadence.features.v2";
+pub const SCHEMA: &str = "cadence.features.v3";
 
-/// The schema before [`SCHEMA`]: its keyboard block is the first [`KEYBOARD_LEN_PREVIOUS`]
-/// features of this one, its mouse block the same.
-pub const SCHEMA_PREVIOUS: &str = "cadence.features.v1";
-
-/// Keyboard features of [`SCHEMA_PREVIOUS`].
-pub const KEYBOARD_LEN_PREVIOUS: usize = 33;
+/// The schemas before [`SCHEMA`] that a verifier still reads, newest first, each with the
+/// length of its keyboard block: the first that many features of this one. Their mouse block
+/// is this one's.
+pub const PREVIOUS: [(&str, usize); 2] = [("cadence.features.v2", 51), ("cadence.features.v1", 33)];
 
 /// Why a feature vector was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -211,6 +214,14 @@ feature_block!(
         "dd2_p75" => "press to press two keys apart, 75th percentile",
         "dd2_p90" => "press to press two keys apart, 90th percentile",
         "dd2_mad" => "press to press two keys apart, median absolute deviation",
+        "uu_p25" => "up-up flight (release to the next key's release), 25th percentile",
+        "uu_p50" => "up-up flight, median",
+        "uu_p75" => "up-up flight, 75th percentile",
+        "dd3_p10" => "press to press three keys apart (no pause between), 10th percentile",
+        "dd3_p50" => "press to press three keys apart, median",
+        "dd3_p90" => "press to press three keys apart, 90th percentile",
+        "mod_release_lag_p50" => "release of a modifier after the release of the character key pressed while it was held, median (0 when the window has none)",
+        "hold_char_before_space_p50" => "hold time of a character key followed by the space bar, median",
     ]
 );
 
@@ -313,7 +324,7 @@ impl FeatureVector {
     }
 }
 
-/// A vector of [`SCHEMA_PREVIOUS`], as an older agent sends it.
+/// A vector of a [`PREVIOUS`] schema, as an older agent sends it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PreviousVector {
@@ -325,18 +336,31 @@ struct PreviousVector {
     mouse: Option<MouseFeatures>,
 }
 
-/// Checks that `s` is a well-formed vector of [`SCHEMA_PREVIOUS`]: the same invariants as
-/// [`FeatureVector::from_json`], against that schema's feature list.
-pub fn check_previous(s: &str) -> Result<(), String> {
-    previous(s).map(|_| ())
+/// Checks that `s` is a well-formed vector of a [`PREVIOUS`] schema, and names the schema:
+/// the same invariants as [`FeatureVector::from_json`], against that schema's feature list.
+pub fn check_previous(s: &str) -> Result<&'static str, String> {
+    previous(s).map(|(_, schema)| schema)
 }
 
-/// What this schema can use of a well-formed [`SCHEMA_PREVIOUS`] vector: its mouse block
-/// (the same in both schemas), as a vector of [`SCHEMA`] without a keyboard block; `None`
+/// The [`PREVIOUS`] schema a payload names, however wrong the rest of it is.
+pub fn names_previous(s: &str) -> Option<&'static str> {
+    #[derive(Deserialize)]
+    struct Named {
+        schema: String,
+    }
+    let named: Named = serde_json::from_str(s).ok()?;
+    PREVIOUS
+        .iter()
+        .find(|(p, _)| *p == named.schema)
+        .map(|(p, _)| *p)
+}
+
+/// What this schema can use of a well-formed vector of a [`PREVIOUS`] schema: its mouse block
+/// (the same in every schema), as a vector of [`SCHEMA`] without a keyboard block; `None`
 /// when it has no mouse block. Its keyboard block is shorter than this schema's and is left
 /// out. For scoring an older agent's windows in memory, never for storing them.
 pub fn previous_mouse(s: &str) -> Result<Option<FeatureVector>, String> {
-    let v = previous(s)?;
+    let (v, _) = previous(s)?;
     Ok(v.mouse.map(|m| FeatureVector {
         schema: SCHEMA.to_owned(),
         duration_ms: v.duration_ms,
@@ -347,16 +371,16 @@ pub fn previous_mouse(s: &str) -> Result<Option<FeatureVector>, String> {
     }))
 }
 
-fn previous(s: &str) -> Result<PreviousVector, String> {
+fn previous(s: &str) -> Result<(PreviousVector, &'static str), String> {
     let v: PreviousVector = serde_json::from_str(s).map_err(|e| e.to_string())?;
-    if v.schema != SCHEMA_PREVIOUS {
+    let Some(&(schema, keyboard_len)) = PREVIOUS.iter().find(|(p, _)| *p == v.schema) else {
         return Err(SchemaError::UnknownSchema(v.schema).to_string());
-    }
+    };
     if v.keyboard.is_none() && v.mouse.is_none() {
         return Err(SchemaError::Empty.to_string());
     }
     if let Some(k) = &v.keyboard {
-        let names = &KEYBOARD_FEATURES[..KEYBOARD_LEN_PREVIOUS];
+        let names = &KEYBOARD_FEATURES[..keyboard_len];
         if let Some(key) = k.keys().find(|key| !names.iter().any(|(n, _)| n == key)) {
             return Err(format!("unknown keyboard feature {key:?}"));
         }
@@ -370,7 +394,7 @@ fn previous(s: &str) -> Result<PreviousVector, String> {
             }
         }
     }
-    Ok(v)
+    Ok((v, schema))
 }
 
 #[cfg(test)]
@@ -417,7 +441,7 @@ mod tests {
         let good = serde_json::to_value(sample()).unwrap();
 
         let mut v = good.clone();
-        v["schema"] = "cadence.features.v3".into();
+        v["schema"] = "cadence.features.v4".into();
         let e = FeatureVector::from_json(&v.to_string()).unwrap_err();
         assert!(e.contains("unknown schema"), "{e}");
 
@@ -451,45 +475,50 @@ mod tests {
 
     #[test]
     fn previous_schema_is_recognised_not_parsed() {
-        let mut v = serde_json::to_value(sample()).unwrap();
-        v["schema"] = SCHEMA_PREVIOUS.into();
-        let k = v["keyboard"].as_object_mut().unwrap();
-        for (n, _) in &KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS..] {
-            k.remove(*n);
-        }
-        let previous = v.to_string();
-        assert_eq!(
-            KEYBOARD_FEATURES[KEYBOARD_LEN_PREVIOUS - 1].0,
-            "keys_per_sec"
-        );
-        assert!(check_previous(&previous).is_ok(), "{previous}");
-        assert!(FeatureVector::from_json(&previous).is_err());
-        // A current vector is not a previous one.
-        assert!(check_previous(&serde_json::to_string(&sample()).unwrap()).is_err());
+        assert_eq!(KEYBOARD_FEATURES[PREVIOUS[0].1 - 1].0, "dd2_mad");
+        assert_eq!(KEYBOARD_FEATURES[PREVIOUS[1].1 - 1].0, "keys_per_sec");
+        for (schema, len) in PREVIOUS {
+            let v = previous_keyboard(schema, len);
+            let previous = v.to_string();
+            assert_eq!(check_previous(&previous), Ok(schema), "{previous}");
+            assert_eq!(names_previous(&previous), Some(schema));
+            assert!(FeatureVector::from_json(&previous).is_err());
 
-        let mut w = v.clone();
-        w["keyboard"]["dd2_p50"] = 1.0.into();
-        let e = check_previous(&w.to_string()).unwrap_err();
-        assert!(e.contains("unknown keyboard feature"), "{e}");
-        let mut w = v.clone();
-        w["keyboard"].as_object_mut().unwrap().remove("hold_p50");
-        let e = check_previous(&w.to_string()).unwrap_err();
-        assert!(e.contains("hold_p50 is missing"), "{e}");
-        let mut w = v.clone();
-        w["keyboard"]["hold_p50"] = "fast".into();
-        let e = check_previous(&w.to_string()).unwrap_err();
-        assert!(e.contains("hold_p50 is not a finite"), "{e}");
-        let mut w = v.clone();
-        w["keyboard"] = serde_json::Value::Null;
-        assert!(
-            check_previous(&w.to_string())
-                .unwrap_err()
-                .contains("neither")
-        );
-        let mut w = v.clone();
-        w["sentence"] = "hello".into();
+            // A feature of a later schema is unknown to this one.
+            let mut w = v.clone();
+            w["keyboard"][KEYBOARD_FEATURES[len].0] = 1.0.into();
+            let e = check_previous(&w.to_string()).unwrap_err();
+            assert!(e.contains("unknown keyboard feature"), "{schema}: {e}");
+            let mut w = v.clone();
+            w["keyboard"].as_object_mut().unwrap().remove("hold_p50");
+            let e = check_previous(&w.to_string()).unwrap_err();
+            assert!(e.contains("hold_p50 is missing"), "{e}");
+            assert_eq!(names_previous(&w.to_string()), Some(schema));
+            let mut w = v.clone();
+            w["keyboard"]["hold_p50"] = "fast".into();
+            let e = check_previous(&w.to_string()).unwrap_err();
+            assert!(e.contains("hold_p50 is not a finite"), "{e}");
+            let mut w = v.clone();
+            w["keyboard"] = serde_json::Value::Null;
+            assert!(
+                check_previous(&w.to_string())
+                    .unwrap_err()
+                    .contains("neither")
+            );
+            let mut w = v.clone();
+            w["sentence"] = "hello".into();
+            assert!(check_previous(&w.to_string()).is_err());
+        }
+        // A current vector is not a previous one, nor is an unknown schema.
+        let current = serde_json::to_string(&sample()).unwrap();
+        assert!(check_previous(&current).is_err());
+        assert_eq!(names_previous(&current), None);
+        let mut w = previous_keyboard(PREVIOUS[1].0, PREVIOUS[1].1);
+        w["schema"] = "cadence.features.v0".into();
         assert!(check_previous(&w.to_string()).is_err());
 
+        let v = previous_keyboard(PREVIOUS[0].0, PREVIOUS[0].1);
+        let previous = v.to_string();
         // Keyboard only: nothing this schema can score.
         assert_eq!(previous_mouse(&previous), Ok(None));
         let mut m = [0.0; MOUSE_LEN];
@@ -502,5 +531,16 @@ mod tests {
         assert_eq!(got.mouse, Some(MouseFeatures(m)));
         assert_eq!((got.keys, got.duration_ms), (80, 12_000));
         got.validate().unwrap();
+    }
+
+    /// The sample as an agent of `schema`, whose keyboard block has `len` features, sends it.
+    fn previous_keyboard(schema: &str, len: usize) -> serde_json::Value {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["schema"] = schema.into();
+        let k = v["keyboard"].as_object_mut().unwrap();
+        for (n, _) in &KEYBOARD_FEATURES[len..] {
+            k.remove(*n);
+        }
+        v
     }
 }

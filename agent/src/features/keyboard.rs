@@ -1,7 +1,7 @@
 //! Keystroke timing accumulator for one window.
 //!
-//! Sees only key classes and times. Keeps distributions (hold, down-down, up-down, press to
-//! press two keys apart), not the order in which they happened: by the time a window closes,
+//! Sees only key classes and times. Keeps distributions (hold, down-down, up-down, up-up,
+//! press to press two and three keys apart), not the order in which they happened: by the time a window closes,
 //! the buffers have been reordered by the quantile code, and only their statistics are handed
 //! on.
 
@@ -14,15 +14,23 @@ use crate::capture::KeyClass;
 pub const PAUSE_US: u64 = 1_000_000;
 /// Class-specific statistics need at least this many samples, else the all-keys value is used.
 const MIN_CLASS_SAMPLES: usize = 3;
-/// Recent presses remembered to pair a release with the press after it (for up-down flight).
+/// Recent presses remembered to pair a release with its neighbouring presses and releases
+/// (up-down and up-up flight, a modifier's release lag, the hold before a space).
 const RECENT: usize = 16;
 
-/// One recent press: when it went down, and when the next key went down after it.
+/// One recent press: its class, when it went down and came up, and when the next key went
+/// down after it (and that key's class), when that was no pause later. Neighbours are linked
+/// by their place in the ring, not by time: two keys can go down in the same millisecond.
 #[derive(Debug, Clone, Copy)]
 struct Press {
+    class: KeyClass,
     down_us: u64,
     next_down_us: Option<u64>,
+    next_class: Option<KeyClass>,
     up_us: Option<u64>,
+    /// Ring places of the next press and of the previous one (no pause between).
+    next_slot: Option<usize>,
+    prev_slot: Option<usize>,
 }
 
 /// Keystroke statistics of the window being filled.
@@ -46,11 +54,21 @@ pub struct KeyboardAcc {
     dd_to_corr: Samples,
     /// Press to press two keys apart, when neither flight between them is a pause.
     dd2: Samples,
+    /// Press to press three keys apart, when no flight between them is a pause.
+    dd3: Samples,
+    /// Release to the next key's release (consecutive presses, no pause between).
+    uu: Samples,
+    /// A modifier's release after the release of the character key pressed while it was held.
+    mod_lag: Samples,
+    /// Hold of a character key whose next press is the space bar.
+    hold_char_before_space: Samples,
     pauses: Samples,
     /// Time and class of the previous press in this window.
-    last_down: Option<(u64, KeyClass)>,
+    last_down: Option<(u64, KeyClass, usize)>,
     /// Time of the press before the previous one, when the flight between them was no pause.
     before_last: Option<u64>,
+    /// Time of the press before that, when no flight since it was a pause.
+    third_last: Option<u64>,
     /// Ring of recent presses, to attribute a late release (overlap) to the right press.
     recent: [Option<Press>; RECENT],
     recent_pos: usize,
@@ -77,6 +95,10 @@ impl KeyboardAcc {
             &mut self.dd_mod_char,
             &mut self.dd_to_corr,
             &mut self.dd2,
+            &mut self.dd3,
+            &mut self.uu,
+            &mut self.mod_lag,
+            &mut self.hold_char_before_space,
             &mut self.pauses,
         ];
         for b in bufs.iter_mut() {
@@ -88,6 +110,7 @@ impl KeyboardAcc {
         self.held_non_mod = 0;
         self.last_down = None;
         self.before_last = None;
+        self.third_last = None;
         self.recent = [None; RECENT];
         self.recent_pos = 0;
     }
@@ -96,6 +119,7 @@ impl KeyboardAcc {
     pub fn gap(&mut self) {
         self.last_down = None;
         self.before_last = None;
+        self.third_last = None;
         self.held_non_mod = 0;
         self.recent = [None; RECENT];
     }
@@ -114,7 +138,10 @@ impl KeyboardAcc {
             self.held_non_mod += 1;
         }
         let mut chained = None;
-        if let Some((prev_t, prev_class)) = self.last_down {
+        let mut chained_before = None;
+        let slot = self.recent_pos;
+        let mut prev_slot = None;
+        if let Some((prev_t, prev_class, last_slot)) = self.last_down {
             let dd = t.saturating_sub(prev_t);
             if dd > PAUSE_US {
                 self.pauses.push(ms(dd));
@@ -124,7 +151,11 @@ impl KeyboardAcc {
                 if let Some(t2) = self.before_last {
                     self.dd2.push(ms(t.saturating_sub(t2)));
                 }
+                if let Some(t3) = self.third_last {
+                    self.dd3.push(ms(t.saturating_sub(t3)));
+                }
                 chained = Some(prev_t);
+                chained_before = self.before_last;
                 use KeyClass::*;
                 match (prev_class, class) {
                     (Character, Character) => self.dd_char_char.push(d),
@@ -136,44 +167,53 @@ impl KeyboardAcc {
                 }
                 // Up-down flight: from the previous key's release to this press. If the
                 // previous key is still down (overlap), it is computed at its release.
-                if let Some(prev) = self
-                    .recent
-                    .iter_mut()
-                    .flatten()
-                    .find(|p| p.down_us == prev_t)
-                {
+                // The previous press is the ring's last entry: nothing overwrote it since.
+                if let Some(prev) = &mut self.recent[last_slot] {
+                    prev_slot = Some(last_slot);
+                    prev.next_slot = Some(slot);
                     prev.next_down_us = Some(t);
+                    prev.next_class = Some(class);
                     if let Some(up) = prev.up_us {
                         self.ud.push(ms_signed(t as i64 - up as i64));
+                        if prev.class == Character && class == Space {
+                            self.hold_char_before_space.push(ms(up - prev.down_us));
+                        }
                     }
                 }
             }
         }
+        self.third_last = chained_before;
         self.before_last = chained;
-        self.last_down = Some((t, class));
-        self.recent[self.recent_pos] = Some(Press {
+        self.last_down = Some((t, class, slot));
+        self.recent[slot] = Some(Press {
+            class,
             down_us: t,
             next_down_us: None,
+            next_class: None,
             up_us: None,
+            next_slot: None,
+            prev_slot,
         });
-        self.recent_pos = (self.recent_pos + 1) % RECENT;
+        self.recent_pos = (slot + 1) % RECENT;
     }
 
     /// A key came up after `held_us`.
     #[inline]
     pub fn key_up(&mut self, t: u64, class: KeyClass, held_us: u64) {
         let down = t.saturating_sub(held_us);
-        let Some(press) = self
-            .recent
-            .iter_mut()
-            .flatten()
-            .find(|p| p.down_us == down && p.up_us.is_none())
-        else {
+        let Some(slot) = self.recent.iter().position(|p| {
+            p.is_some_and(|p| p.down_us == down && p.class == class && p.up_us.is_none())
+        }) else {
             // Its press belongs to an earlier window or preceded a gap: not this window's.
             return;
         };
+        let Some(press) = &mut self.recent[slot] else {
+            return;
+        };
         press.up_us = Some(t);
-        let next = press.next_down_us;
+        let press = *press;
+        let (next, next_class) = (press.next_down_us, press.next_class);
+        self.pair_releases(slot, press);
         if class != KeyClass::Modifier {
             self.held_non_mod = self.held_non_mod.saturating_sub(1);
         }
@@ -185,11 +225,51 @@ impl KeyboardAcc {
         }
         let h = ms(held_us);
         self.hold.push(h);
+        if class == KeyClass::Character && next_class == Some(KeyClass::Space) {
+            // Still held when the space went down (else that press took it).
+            self.hold_char_before_space.push(h);
+        }
         match class {
             KeyClass::Character => self.hold_char.push(h),
             KeyClass::Space => self.hold_space.push(h),
             KeyClass::Modifier => self.hold_mod.push(h),
             _ => {}
+        }
+    }
+
+    /// Pairs the release of `press` (just come up, at ring place `slot`) with the releases
+    /// of its neighbours, at whichever of each pair came up last: up-up flight to the next
+    /// press's release and from the previous one's, and a modifier's release after that of the
+    /// character key pressed while it was held.
+    fn pair_releases(&mut self, slot: usize, press: Press) {
+        use KeyClass::*;
+        let Some(up) = press.up_us else {
+            return;
+        };
+        // A neighbour links back to this place unless the ring has moved past it.
+        let linked = |place: Option<usize>, back: fn(&Press) -> Option<usize>| {
+            place
+                .filter(|p| *p != slot)
+                .and_then(|p| self.recent[p])
+                .filter(|p| back(p) == Some(slot))
+        };
+        // The next press, already released (it came up first: a nested overlap).
+        if let Some(after) = linked(press.next_slot, |p| p.prev_slot)
+            && let Some(after_up) = after.up_us
+        {
+            self.uu.push(ms_signed(after_up as i64 - up as i64));
+            if press.class == Modifier && after.class == Character && after.down_us < up {
+                self.mod_lag.push(ms_signed(up as i64 - after_up as i64));
+            }
+        }
+        // The previous press, already released.
+        if let Some(before) = linked(press.prev_slot, |p| p.next_slot)
+            && let Some(before_up) = before.up_us
+        {
+            self.uu.push(ms_signed(up as i64 - before_up as i64));
+            if before.class == Modifier && press.class == Character && press.down_us < before_up {
+                self.mod_lag.push(ms_signed(before_up as i64 - up as i64));
+            }
         }
     }
 
@@ -230,6 +310,18 @@ impl KeyboardAcc {
             }
             false => [d10, d25, d50, d75, d90, dd_mad].map(|x| 2.0 * x),
         };
+        let dd3 = self
+            .dd3
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.1, 0.5, 0.9])
+            .unwrap_or([d10, d50, d90].map(|x| 3.0 * x));
+        let uu = self
+            .uu
+            .quantiles_if(MIN_CLASS_SAMPLES, [0.25, 0.5, 0.75])
+            .unwrap_or([d25, d50, d75]);
+        let hold_before_space = self
+            .hold_char_before_space
+            .median_if(MIN_CLASS_SAMPLES)
+            .unwrap_or(hc50);
         let active_ms = self.dd.sum();
         let v: [f64; KEYBOARD_LEN] = [
             h10,
@@ -287,6 +379,15 @@ impl KeyboardAcc {
             dd2[3],
             dd2[4],
             dd2[5],
+            uu[0],
+            uu[1],
+            uu[2],
+            dd3[0],
+            dd3[1],
+            dd3[2],
+            // A capital or a shortcut is rare in a window: one is enough, none gives 0.
+            self.mod_lag.quantile(0.5).unwrap_or(0.0),
+            hold_before_space,
         ];
         Some(KeyboardFeatures(v.map(round3)))
     }
@@ -390,8 +491,109 @@ mod tests {
             assert_eq!(feature(&f, q), 400.0, "{q}");
         }
         assert_eq!(feature(&f, "dd2_mad"), 0.0);
-        assert_eq!(feature(&f, "dd_p10"), 100.0);
-        assert_eq!(feature(&f, "dd_p90"), 300.0);
+        // Twelve flights of 100 ms and eight of 300 ms: the smoothed extremes lie close to
+        // their own flight, far from the other.
+        assert!((feature(&f, "dd_p10") - 100.0).abs() < 1.0, "{f:?}");
+        assert!((feature(&f, "dd_p90") - 300.0).abs() < 1.0, "{f:?}");
+    }
+
+    #[test]
+    fn up_up_three_apart_and_the_hold_before_a_space() {
+        let mut k = KeyboardAcc::default();
+        // Words of four characters 150 ms apart, held 80 ms but the last (95 ms), then a
+        // space held 120 ms; a 2 s pause after the twentieth key.
+        let mut t = 0;
+        for i in 0..40u64 {
+            let (class, held) = match i % 5 {
+                4 => (KeyClass::Space, 120_000),
+                3 => (KeyClass::Character, 95_000),
+                _ => (KeyClass::Character, 80_000),
+            };
+            k.key_down(t, class);
+            k.key_up(t + held, class, held);
+            t += if i == 19 { 2_000_000 } else { 150_000 };
+        }
+        let f = k.finish().unwrap();
+        assert_eq!(feature(&f, "hold_char_before_space_p50"), 95.0);
+        // Nothing spans the pause: 19 release pairs and 17 three-key spans per burst.
+        assert_eq!((k.uu.len(), k.dd3.len()), (38, 34));
+        for q in ["dd3_p10", "dd3_p50", "dd3_p90"] {
+            assert_eq!(feature(&f, q), 450.0, "{q}");
+        }
+        // Up-up is the flight plus the next hold minus this one: 110 (space to character)
+        // to 175 (last character to space), never the pause.
+        assert_eq!(k.uu.quantile(0.0), Some(110.0));
+        assert_eq!(k.uu.quantile(1.0), Some(175.0));
+        assert_eq!(feature(&f, "mod_release_lag_p50"), 0.0);
+    }
+
+    #[test]
+    fn a_character_still_held_when_the_space_goes_down_counts_once() {
+        use KeyClass::{Character, Space};
+        let mut k = KeyboardAcc::default();
+        // Character, space pressed 100 ms later while it is still held (held 130 ms), then
+        // released 10 ms before the space: five times over.
+        for i in 0..5u64 {
+            let t = i * 1_000_000;
+            k.key_down(t, Character);
+            k.key_down(t + 100_000, Space);
+            k.key_up(t + 130_000, Character, 130_000);
+            k.key_up(t + 140_000, Space, 40_000);
+        }
+        assert_eq!(k.hold_char_before_space.len(), 5);
+        let f = k.finish().unwrap();
+        assert_eq!(feature(&f, "hold_char_before_space_p50"), 130.0);
+    }
+
+    #[test]
+    fn two_presses_in_the_same_millisecond_are_two_neighbours() {
+        use KeyClass::{Character, Modifier};
+        let mut k = KeyboardAcc::default();
+        // A modifier and a character down at once, the character up first: one up-up flight
+        // (−30 ms: nested) and one release lag (+30 ms), never a press paired with itself.
+        k.key_down(0, Modifier);
+        k.key_down(0, Character);
+        k.key_up(50_000, Character, 50_000);
+        k.key_up(80_000, Modifier, 80_000);
+        assert_eq!(k.uu.len(), 1);
+        assert_eq!(k.uu.quantile(0.5), Some(-30.0));
+        assert_eq!(k.mod_lag.len(), 1);
+        assert_eq!(k.mod_lag.quantile(0.5), Some(30.0));
+    }
+
+    #[test]
+    fn a_modifier_released_after_or_before_its_character() {
+        use KeyClass::{Character, Modifier};
+        // (modifier up, character up, lag): the lag is the modifier's release after the
+        // character's, whichever came first; a modifier up before the press counts nothing.
+        for (mod_up, char_up, lag) in [
+            (200_000, 180_000, 20.0),
+            (150_000, 200_000, -50.0),
+            (60_000, 180_000, 0.0),
+        ] {
+            let mut k = KeyboardAcc::default();
+            k.key_down(0, Modifier);
+            k.key_down(100_000, Character);
+            let mut ups = [
+                (mod_up, Modifier, mod_up),
+                (char_up, Character, char_up - 100_000),
+            ];
+            ups.sort_by_key(|u| u.0);
+            for (t, class, held) in ups {
+                k.key_up(t, class, held);
+            }
+            for i in 0..6u64 {
+                let t = 400_000 + i * 150_000;
+                k.key_down(t, Character);
+                k.key_up(t + 80_000, Character, 80_000);
+            }
+            let f = k.finish().unwrap();
+            assert_eq!(
+                feature(&f, "mod_release_lag_p50"),
+                lag,
+                "{mod_up} {char_up}"
+            );
+        }
     }
 
     #[test]

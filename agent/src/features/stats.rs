@@ -1,8 +1,20 @@
-//! Order statistics over one window's samples, in linear time.
+//! Order statistics over one window's samples.
 //!
-//! Quantiles use nearest rank on a partially ordered buffer (`select_nth_unstable`), so closing
-//! a window costs O(n) per statistic rather than a full sort: an 8 kHz mouse fills a one-minute
-//! window with half a million samples.
+//! Quantiles are Harrell–Davis estimates: a weighted mean of every order statistic, with the
+//! weights of a Beta((n + 1) q, (n + 1)(1 − q)) distribution over the ranks. A keyboard window
+//! holds tens of flights and a class (space, say) only a handful, and there the single order
+//! statistic that nearest rank picks jumps from one sample to the next; the weighted mean is
+//! the same quantity with a far smaller sampling spread. The keyboard block takes these; the
+//! pointer block keeps nearest rank ([`Samples::nearest`]), as every schema so far defined it,
+//! so that an older agent's pointer windows still mean what a newer one's do. Above
+//! [`SMOOTH_MAX`] samples the two
+//! differ by much less than a window's own noise, so quantiles take nearest rank on a
+//! partially ordered buffer (`select_nth_unstable`) instead: closing a window then costs O(n)
+//! per statistic rather than a sort, and an 8 kHz mouse fills a one-minute window with half a
+//! million samples.
+
+/// The largest sample count whose quantiles are Harrell–Davis estimates (module docs).
+pub const SMOOTH_MAX: usize = 1024;
 
 /// Rounds a feature for output: three decimals are finer than any timer involved.
 pub fn round3(x: f64) -> f64 {
@@ -48,8 +60,26 @@ impl Samples {
         (!self.v.is_empty()).then(|| self.sum() / self.v.len() as f64)
     }
 
-    /// The `q` quantile (0..=1) by nearest rank, or `None` when empty.
+    /// The `q` quantile (0..=1), or `None` when empty: Harrell–Davis up to [`SMOOTH_MAX`]
+    /// samples, nearest rank above, and the extreme sample at q = 0 or 1.
     pub fn quantile(&mut self, q: f64) -> Option<f64> {
+        if self.v.is_empty() {
+            return None;
+        }
+        let n = (self.v.len() + 1) as f64;
+        // Far enough from 0 and 1 that the Beta parameters (n + 1) q and (n + 1)(1 − q) keep
+        // their logarithms finite (the callers' q are 0.1 to 0.9).
+        if self.v.len() <= SMOOTH_MAX && n * q.min(1.0 - q) > 1e-9 {
+            self.v.sort_unstable_by(f32::total_cmp);
+            return Some(harrell_davis(&self.v, q));
+        }
+        self.nearest(q)
+    }
+
+    /// The `q` quantile (0..=1) by nearest rank whatever the sample count, or `None` when
+    /// empty. O(n). The pointer block's statistics, whose definition stays that of the
+    /// earlier schemas (module docs of `cadence_wire::features`).
+    pub fn nearest(&mut self, q: f64) -> Option<f64> {
         if self.v.is_empty() {
             return None;
         }
@@ -58,11 +88,20 @@ impl Samples {
         Some(f64::from(*x))
     }
 
-    /// Several quantiles at once (each O(n)).
+    /// Several quantiles at once (a sort, then O(n) each, up to [`SMOOTH_MAX`] samples).
     pub fn quantiles<const N: usize>(&mut self, qs: [f64; N]) -> Option<[f64; N]> {
         let mut out = [0.0; N];
         for (o, q) in out.iter_mut().zip(qs) {
             *o = self.quantile(q)?;
+        }
+        Some(out)
+    }
+
+    /// Several quantiles at once by nearest rank ([`Samples::nearest`]).
+    pub fn nearest_many<const N: usize>(&mut self, qs: [f64; N]) -> Option<[f64; N]> {
+        let mut out = [0.0; N];
+        for (o, q) in out.iter_mut().zip(qs) {
+            *o = self.nearest(q)?;
         }
         Some(out)
     }
@@ -95,21 +134,114 @@ impl Samples {
     }
 }
 
+/// Harrell–Davis estimate of the `q` quantile (0 < q < 1) of `sorted` (ascending, not empty):
+/// Σ wᵢ x₍ᵢ₎ with wᵢ the mass of Beta((n + 1) q, (n + 1)(1 − q)) on ((i − 1)/n, i/n]. The
+/// masses come from the density by the midpoint rule (at least four points per rank, more for
+/// small n), normalized to sum to one; where the density has an integrable pole (at 0 when
+/// (n + 1) q < 1, at 1 when (n + 1)(1 − q) < 1) the cell at the pole is integrated exactly.
+/// The density is taken relative to its largest midpoint value, so nothing overflows.
+fn harrell_davis(sorted: &[f32], q: f64) -> f64 {
+    let n = sorted.len();
+    let nf = n as f64;
+    // Exponents of t and 1 − t in the Beta density.
+    let (ap, bp) = ((nf + 1.0) * q, (nf + 1.0) * (1.0 - q));
+    let (a, b) = (ap - 1.0, bp - 1.0);
+    let steps = (256 / n).max(4);
+    let h = 1.0 / (nf * steps as f64);
+    let log_density = |t: f64| a * t.ln() + b * (-t).ln_1p();
+    // The log-density is concave when both exponents are positive (largest at the mode),
+    // else monotone or U-shaped (largest at an end).
+    let (first, last) = (0.5 * h, 1.0 - 0.5 * h);
+    let mut peak = log_density(first).max(log_density(last));
+    if a > 0.0 && b > 0.0 {
+        peak = peak.max(log_density((a / (a + b)).clamp(first, last)));
+    }
+    // A cell at a pole takes the pole's exact integral, h^(e+1)/(e+1), with the other factor
+    // at the cell's middle (relative to h, like every midpoint term).
+    let cells = n * steps;
+    let cell = |j: usize| {
+        let t = (j as f64 + 0.5) * h;
+        if j == 0 && a < 0.0 {
+            a * h.ln() - ap.ln() + b * (-t).ln_1p()
+        } else if j + 1 == cells && b < 0.0 {
+            b * h.ln() - bp.ln() + a * t.ln()
+        } else {
+            log_density(t)
+        }
+    };
+    let (mut sum, mut total) = (0.0, 0.0);
+    for (i, &x) in sorted.iter().enumerate() {
+        let w: f64 = (0..steps).map(|k| (cell(i * steps + k) - peak).exp()).sum();
+        sum += w * f64::from(x);
+        total += w;
+    }
+    sum / total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_by_nearest_rank() {
+    fn quantiles_are_harrell_davis_estimates() {
         let mut s = Samples::default();
         for x in [5.0, 1.0, 4.0, 2.0, 3.0] {
             s.push(x);
         }
+        // Reference values from an independent implementation (exact Beta CDF weights).
+        let close = |got: Option<f64>, want: f64| {
+            let got = got.unwrap();
+            assert!(
+                (got - want).abs() < 5e-4 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        };
+        close(s.quantile(0.1), 1.192_516);
+        close(s.quantile(0.25), 1.769_924);
+        close(s.quantile(0.5), 3.0);
+        close(s.quantile(0.9), 4.807_484);
+        let mut skewed = Samples::default();
+        for x in [1.0, 2.0, 2.0, 3.0, 10.0, 40.0] {
+            skewed.push(x);
+        }
+        close(skewed.quantile(0.1), 1.216_821);
+        close(skewed.quantile(0.5), 4.555_571);
+        close(skewed.quantile(0.9), 33.482_413);
+        // Extremes are the extreme samples; one sample is its own every quantile.
         assert_eq!(s.quantile(0.0), Some(1.0));
-        assert_eq!(s.quantile(0.5), Some(3.0));
         assert_eq!(s.quantile(1.0), Some(5.0));
-        assert_eq!(s.quantiles([0.25, 0.75]), Some([2.0, 4.0]));
-        assert_eq!(s.mad(), Some(1.0));
+        let mut one = Samples::default();
+        one.push(7.0);
+        assert_eq!(one.quantile(0.3), Some(7.0));
         assert_eq!(Samples::default().quantile(0.5), None);
+        // A constant sample, and the MAD of a symmetric one.
+        let mut flat = Samples::default();
+        (0..40).for_each(|_| flat.push(3.0));
+        close(flat.quantile(0.1), 3.0);
+        // Deviations 2, 1, 0, 1, 2 from the median 3.
+        close(s.mad(), 1.259_520);
+    }
+
+    #[test]
+    fn quantiles_rise_with_q_and_stay_within_the_sample() {
+        let mut s = Samples::default();
+        for i in 0..37 {
+            s.push(((i * 7919) % 101) as f32);
+        }
+        let q: Vec<f64> = (1..20)
+            .map(|k| s.quantile(k as f64 / 20.0).unwrap())
+            .collect();
+        assert!(q.windows(2).all(|w| w[0] < w[1]), "{q:?}");
+        assert!(q.iter().all(|v| (0.0..=100.0).contains(v)), "{q:?}");
+    }
+
+    #[test]
+    fn large_samples_take_nearest_rank() {
+        let mut s = Samples::default();
+        for i in 0..=SMOOTH_MAX {
+            s.push(i as f32);
+        }
+        assert_eq!(s.quantile(0.5), Some((SMOOTH_MAX / 2) as f64));
+        assert_eq!(s.quantile(0.1), Some((SMOOTH_MAX as f64 * 0.1).round()));
     }
 }

@@ -3,7 +3,7 @@
 //! log-determinant beyond the forward solve serve the tests).
 //!
 //! Hand-written rather than a linear-algebra crate on purpose: the matrices are at most
-//! 51×51, the population learning needs only these operations, and each is a textbook loop of
+//! 59×59, the population learning needs only these operations, and each is a textbook loop of
 //! a few lines, where `nalgebra` would add a dozen crates to a 2-core CI build. Never panics on bad
 //! input: a matrix that is not positive definite is an `Err`, never a NaN passed on.
 

@@ -42,10 +42,15 @@
 //! them, so its within-user spread shrinks with its event count as a power law; the exponent
 //! is fitted with the tails.
 //!
-//! `tail_dof` and `spread_exponent` are the maximum-likelihood pair (over grids: ν from 2.5 to
-//! 1000 or Gaussian, the exponent from 0 to 1 in quarters) of a multivariate Student-t with
-//! covariance `within` scaled by window size, fitted to the users' leave-one-out residuals
-//! (each window minus the mean of the user's other windows).
+//! `spread_exponent` is the maximum-likelihood exponent (over a grid from 0 to 1 in quarters)
+//! of a multivariate Student-t with covariance `within` scaled by window size, fitted to the
+//! users' leave-one-out residuals (each window minus the mean of the user's other windows),
+//! with ν from 2.5 to 1000 or Gaussian. The likeliest ν describes the residuals, but the
+//! score is a likelihood *ratio*, and heavy tails that fit a few distracted windows also
+//! flatten the ratio for every ordinary one. So `tail_dof` is chosen like the mapping, by
+//! how well the population's own users come apart, among the likeliest ν and
+//! [`TAIL_CHOICES`] (and Gaussian); on Aalto's halves the likeliest is 15–20 and the chosen
+//! one is larger.
 
 use serde::{Deserialize, Serialize};
 
@@ -104,9 +109,9 @@ pub struct PopulationModel {
 impl PopulationModel {
     /// Learns the parameters from each user's windows. Users with fewer than two windows are
     /// skipped; `Ok(None)` when fewer than `min_users` remain. With `student_t`, the tail
-    /// parameter is fitted too; without, the model is Gaussian. Fits the model with and
-    /// without the normal-space mapping and keeps the one that separates the users better
-    /// (module docs).
+    /// parameter is chosen too; without, the model is Gaussian. Fits the model with and
+    /// without the normal-space mapping, chooses each one's tails, and keeps the one that
+    /// separates the users better (module docs).
     pub fn learn(
         modality: Modality,
         users: &[&[Sample]],
@@ -137,7 +142,9 @@ impl PopulationModel {
             student_t,
         )?;
         let plain = fit(modality, &usable, quantiles, vec![false; d], student_t)?;
-        let model = if self_separation(&mapped, &usable)? > self_separation(&plain, &usable)? {
+        let (mapped, mapped_separation) = choose_tails(mapped, &usable, student_t)?;
+        let (plain, plain_separation) = choose_tails(plain, &usable, student_t)?;
+        let model = if mapped_separation > plain_separation {
             mapped
         } else {
             plain
@@ -320,29 +327,63 @@ fn fit(
     })
 }
 
-/// Users, windows per user and impostor users [`self_separation`] uses.
+/// Degrees of freedom [`choose_tails`] weighs besides the likeliest one and the Gaussian.
+pub const TAIL_CHOICES: [f64; 7] = [5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+/// `model` with the tails among its likeliest ν, [`TAIL_CHOICES`] and Gaussian that best tell
+/// the population's own users apart ([`self_separation`]), and that separation; Gaussian
+/// only without `student_t`. Ties keep the earlier candidate, the likeliest first.
+fn choose_tails(
+    model: PopulationModel,
+    users: &[&[Sample]],
+    student_t: bool,
+) -> Result<(PopulationModel, f64), ScoringError> {
+    let with_tails = |tail_dof| PopulationModel {
+        tail_dof,
+        ..model.clone()
+    };
+    let (mut tail_dof, mut separation) = (model.tail_dof, self_separation(&model, users)?);
+    if student_t {
+        let others = TAIL_CHOICES.iter().map(|v| Some(*v)).chain([None]);
+        for candidate in others.filter(|c| *c != model.tail_dof) {
+            let s = self_separation(&with_tails(candidate), users)?;
+            if s > separation {
+                (tail_dof, separation) = (candidate, s);
+            }
+        }
+    }
+    Ok((PopulationModel { tail_dof, ..model }, separation))
+}
+
+/// Users, windows per user and impostor users [`self_separation`] uses; with few users, more
+/// windows of each, so that about [`SELF_SCORED`] own windows are scored in all.
 const SELF_USERS: usize = 200;
 const SELF_WINDOWS: usize = 4;
+const SELF_SCORED: usize = 800;
 const SELF_IMPOSTORS: usize = 20;
 
 /// How well a candidate model tells the population's own users apart: for up to
-/// [`SELF_USERS`] users (evenly spaced), each of up to [`SELF_WINDOWS`] of their windows is
-/// scored against a baseline of the user's other windows, and so is the matching window of
-/// each of the next [`SELF_IMPOSTORS`] users; the result is the mean over users of the share
-/// of (own, other) pairs ranked right. In-sample for the parameters, as every candidate is.
+/// [`SELF_USERS`] users (evenly spaced), each of up to [`SELF_WINDOWS`] of their windows (more
+/// with fewer users, up to [`SELF_SCORED`] in all; evenly spaced) is scored against a baseline
+/// of the user's other windows, and so is the window at the same place among each of the next
+/// [`SELF_IMPOSTORS`] users' windows; the result is the mean over users of the share of (own,
+/// other) pairs ranked right. In-sample for the parameters, as every candidate is.
 fn self_separation(model: &PopulationModel, users: &[&[Sample]]) -> Result<f64, ScoringError> {
     use super::model::{Baseline, Detector, Method};
     let u = users.len();
     let picked = u.min(SELF_USERS);
+    let per_user = SELF_WINDOWS.max(SELF_SCORED / picked);
     let mut total = 0.0;
     let mut counted = 0usize;
     let mut rest = Vec::new();
-    for k in 0..picked {
-        let i = k * u / picked;
+    for p in 0..picked {
+        let i = p * u / picked;
         let own = users[i];
         let mut genuine = Vec::new();
         let mut impostor = Vec::new();
-        for j in 0..own.len().min(SELF_WINDOWS) {
+        let scored = own.len().min(per_user);
+        for k in 0..scored {
+            let j = k * own.len() / scored;
             super::model::all_but(own, j, &mut rest);
             let det = Detector::build(
                 &Baseline::enroll(model.modality, &rest)?,
@@ -352,7 +393,7 @@ fn self_separation(model: &PopulationModel, users: &[&[Sample]]) -> Result<f64, 
             genuine.push(det.raw_score(&own[j])?);
             for v in 1..=SELF_IMPOSTORS.min(u - 1) {
                 let other = users[(i + v) % u];
-                impostor.push(det.raw_score(&other[j.min(other.len() - 1)])?);
+                impostor.push(det.raw_score(&other[k * other.len() / scored])?);
             }
         }
         if let Some(a) = super::metrics::auc(&genuine, &impostor) {
