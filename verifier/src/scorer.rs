@@ -47,7 +47,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 
-use cadence_wire::features::{check_previous, previous_mouse};
+use cadence_wire::features::{SCHEMA, check_previous};
 use cadence_wire::{DeviceId, FeatureVector, Kind};
 use tokio::sync::{Notify, watch};
 
@@ -545,36 +545,38 @@ impl Scorer {
 }
 
 /// The vector a stored window is scored as, or why it is not. A window of a previous
-/// schema (an agent older than this verifier) is scored on its mouse block, which every
-/// schema shares; its keyboard block is shorter than this build's and is not scored.
+/// schema (an agent older than this verifier) is not scored: its blocks' values mean other
+/// things than this build's (wire's module docs).
 fn stored_vector(payload: &str) -> Result<FeatureVector, String> {
-    serde_json::from_str::<FeatureVector>(payload).or_else(|e| match previous_mouse(payload) {
-        Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(format!(
-            "{}: {} keyboard window from an agent older than this verifier (stored, not \
-             scored)",
+    serde_json::from_str::<FeatureVector>(payload).map_err(|e| match check_previous(payload) {
+        Ok(schema) => format!(
+            "{}: {schema} window from an agent older than this verifier (stored, not scored)",
             RejectReason::UnknownSchema,
-            check_previous(payload).unwrap_or("older")
-        )),
-        Err(_) => Err(format!("malformed: {e}")),
+        ),
+        Err(_) => format!("malformed: {e}"),
     })
 }
 
-/// Resets a modality whose stored baseline or pending windows have another dimension than
-/// this build's feature list (a verifier upgraded to a new schema): it enrolls again.
+/// Resets a modality whose stored baseline or pending windows were collected under another
+/// feature schema than this build's (a verifier upgraded to a new schema: the values changed
+/// meaning even where the names did not), or have another dimension: it enrolls again. Then
+/// records this build's schema in the profile.
 fn drop_stale_baselines(device: DeviceId, profile: &mut UserProfile) {
     for m in Modality::ALL {
         let mp = profile.modality(m);
-        let stale = mp
-            .baseline
-            .as_ref()
-            .is_some_and(|b| b.mean.len() != m.dim())
+        let collected = mp.baseline.is_some() || !mp.pending.is_empty();
+        let stale = (collected && mp.schema.as_deref() != Some(SCHEMA))
+            || mp
+                .baseline
+                .as_ref()
+                .is_some_and(|b| b.mean.len() != m.dim())
             || mp.pending.iter().any(|s| s.x.len() != m.dim());
         if stale {
             tracing::warn!(%device, modality = %m,
-                "baseline learned on another feature list; enrolling again");
+                "baseline learned under another feature schema; enrolling again");
             profile.reset_baseline(m);
         }
+        profile.modality_mut(m).schema = Some(SCHEMA.to_owned());
     }
 }
 
@@ -645,11 +647,11 @@ mod tests {
     use crate::scoring::{Baseline, Sample};
     use crate::store::{Effect, NewDevice, NewRecord};
 
-    /// An upgrade to a longer keyboard block (an older schema's to this one's): the keyboard
-    /// baseline and pending windows of the old length enroll again; the mouse baseline, whose
-    /// block did not change, stays.
+    /// An upgrade to a new schema: a baseline or pending windows recorded under none (a
+    /// profile older than the record) or of another length enroll again; those recorded
+    /// under this schema stay, and every modality is marked with it afterwards.
     #[test]
-    fn baselines_of_another_length_enroll_again_and_others_stay() {
+    fn baselines_of_another_schema_or_length_enroll_again_and_others_stay() {
         let mouse_dim = Modality::Mouse.dim();
         let windows: Vec<Sample> = (0..4)
             .map(|i| Sample {
@@ -661,17 +663,46 @@ mod tests {
         let mut old_keyboard = mouse.clone();
         old_keyboard.modality = Modality::Keyboard;
         assert_ne!(old_keyboard.mean.len(), Modality::Keyboard.dim());
+        let device = DeviceId([1; 16]);
+
+        // Before the schema was recorded: the mouse block's names are this schema's, its
+        // values are not.
         let mut profile = UserProfile::default();
+        profile.modality_mut(Modality::Keyboard).baseline = Some(old_keyboard.clone());
+        profile.modality_mut(Modality::Mouse).baseline = Some(mouse.clone());
+        drop_stale_baselines(device, &mut profile);
+        for m in Modality::ALL {
+            assert!(profile.modality(m).baseline.is_none(), "{m}");
+            assert_eq!(profile.modality(m).schema.as_deref(), Some(SCHEMA));
+        }
+
+        // Recorded under this schema: the mouse stays, a keyboard of the old length goes.
+        let mut profile = UserProfile::default();
+        for m in Modality::ALL {
+            profile.modality_mut(m).schema = Some(SCHEMA.to_owned());
+        }
         profile.modality_mut(Modality::Keyboard).baseline = Some(old_keyboard);
         profile.modality_mut(Modality::Mouse).baseline = Some(mouse.clone());
-        drop_stale_baselines(DeviceId([1; 16]), &mut profile);
+        drop_stale_baselines(device, &mut profile);
         assert!(profile.modality(Modality::Keyboard).baseline.is_none());
         assert_eq!(profile.modality(Modality::Mouse).baseline, Some(mouse));
 
+        // Pending windows: of another schema, or of another length.
         let mut profile = UserProfile::default();
+        profile.modality_mut(Modality::Mouse).pending = windows.clone();
+        drop_stale_baselines(device, &mut profile);
+        assert!(profile.modality(Modality::Mouse).pending.is_empty());
+        let mut profile = UserProfile::default();
+        profile.modality_mut(Modality::Keyboard).schema = Some(SCHEMA.to_owned());
         profile.modality_mut(Modality::Keyboard).pending = windows.clone();
-        drop_stale_baselines(DeviceId([1; 16]), &mut profile);
+        drop_stale_baselines(device, &mut profile);
         assert!(profile.modality(Modality::Keyboard).pending.is_empty());
+        // A profile with nothing collected is only marked.
+        let mut profile = UserProfile::default();
+        profile.modality_mut(Modality::Mouse).schema = Some(SCHEMA.to_owned());
+        profile.modality_mut(Modality::Mouse).pending = windows.clone();
+        drop_stale_baselines(device, &mut profile);
+        assert_eq!(profile.modality(Modality::Mouse).pending, windows);
     }
 
     /// Only a bound so that a broken scorer fails the test instead of hanging it.
@@ -727,10 +758,9 @@ mod tests {
         .to_string()
     }
 
-    /// An older agent's windows serve the population as the scorer scores them: their mouse
-    /// block, never their keyboard block.
+    /// An older agent's windows serve the population as the scorer scores them: not at all.
     #[tokio::test]
-    async fn an_older_agents_windows_lend_only_their_mouse_to_the_population() {
+    async fn an_older_agents_windows_lend_nothing_to_the_population() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Database::Sqlite(dir.path().join("v.db")))
             .await
@@ -751,7 +781,7 @@ mod tests {
             .iter()
             .map(|v| (v.keyboard.is_some(), v.mouse.is_some()))
             .collect();
-        assert_eq!(shape, [(false, true), (false, true), (true, false)]);
+        assert_eq!(shape, [(true, false)]);
         store.close().await;
     }
 

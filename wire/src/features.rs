@@ -27,13 +27,12 @@
 //! Each version appends keyboard features to the one before and keeps the mouse block:
 //! `cadence.features.v2` is `v1` with 18 (finer quantiles of the class timings and the
 //! press-to-press time two keys apart), `v3` is `v2` with 8 (up-up flight, press to press
-//! three keys apart, a modifier's release lag, the hold before a space), and its keyboard
-//! quantiles are Harrell–Davis estimates up to 1024 samples (the agent's `features::stats`)
-//! where earlier agents took nearest rank. The mouse block's quantiles are nearest rank in
-//! every version, so that block means the same from any agent. [`check_previous`] recognises a well-formed vector of a
+//! three keys apart, a modifier's release lag, the hold before a space), and its quantiles,
+//! in both blocks, are Harrell–Davis estimates up to 1024 samples (the agent's
+//! `features::stats`) where earlier agents took nearest rank. So no block of an earlier
+//! version means what this one's does: the same names, other values. [`check_previous`] recognises a well-formed vector of a
 //! [`PREVIOUS`] schema, so that a verifier upgraded before its agents can store their windows
-//! instead of refusing them, and [`previous_mouse`] gives the part it can score: the mouse
-//! block (their keyboard block is shorter).
+//! instead of refusing them; it does not score them.
 
 use std::fmt;
 
@@ -46,7 +45,7 @@ pub const SCHEMA: &str = "cadence.features.v3";
 
 /// The schemas before [`SCHEMA`] that a verifier still reads, newest first, each with the
 /// length of its keyboard block: the first that many features of this one. Their mouse block
-/// is this one's.
+/// has this one's names (its quantiles by nearest rank).
 pub const PREVIOUS: [(&str, usize); 2] = [("cadence.features.v2", 51), ("cadence.features.v1", 33)];
 
 /// Why a feature vector was refused.
@@ -329,8 +328,20 @@ impl FeatureVector {
 #[serde(deny_unknown_fields)]
 struct PreviousVector {
     schema: String,
+    #[expect(
+        dead_code,
+        reason = "read to check the type; the vector is stored as it came"
+    )]
     duration_ms: u64,
+    #[expect(
+        dead_code,
+        reason = "read to check the type; the vector is stored as it came"
+    )]
     keys: u32,
+    #[expect(
+        dead_code,
+        reason = "read to check the type; the vector is stored as it came"
+    )]
     mouse_events: u32,
     keyboard: Option<serde_json::Map<String, serde_json::Value>>,
     mouse: Option<MouseFeatures>,
@@ -339,7 +350,7 @@ struct PreviousVector {
 /// Checks that `s` is a well-formed vector of a [`PREVIOUS`] schema, and names the schema:
 /// the same invariants as [`FeatureVector::from_json`], against that schema's feature list.
 pub fn check_previous(s: &str) -> Result<&'static str, String> {
-    previous(s).map(|(_, schema)| schema)
+    previous(s)
 }
 
 /// The [`PREVIOUS`] schema a payload names, however wrong the rest of it is.
@@ -355,23 +366,7 @@ pub fn names_previous(s: &str) -> Option<&'static str> {
         .map(|(p, _)| *p)
 }
 
-/// What this schema can use of a well-formed vector of a [`PREVIOUS`] schema: its mouse block
-/// (the same in every schema), as a vector of [`SCHEMA`] without a keyboard block; `None`
-/// when it has no mouse block. Its keyboard block is shorter than this schema's and is left
-/// out. For scoring an older agent's windows in memory, never for storing them.
-pub fn previous_mouse(s: &str) -> Result<Option<FeatureVector>, String> {
-    let (v, _) = previous(s)?;
-    Ok(v.mouse.map(|m| FeatureVector {
-        schema: SCHEMA.to_owned(),
-        duration_ms: v.duration_ms,
-        keys: v.keys,
-        mouse_events: v.mouse_events,
-        keyboard: None,
-        mouse: Some(m),
-    }))
-}
-
-fn previous(s: &str) -> Result<(PreviousVector, &'static str), String> {
+fn previous(s: &str) -> Result<&'static str, String> {
     let v: PreviousVector = serde_json::from_str(s).map_err(|e| e.to_string())?;
     let Some(&(schema, keyboard_len)) = PREVIOUS.iter().find(|(p, _)| *p == v.schema) else {
         return Err(SchemaError::UnknownSchema(v.schema).to_string());
@@ -394,7 +389,10 @@ fn previous(s: &str) -> Result<(PreviousVector, &'static str), String> {
             }
         }
     }
-    Ok((v, schema))
+    if let Some(m) = &v.mouse {
+        m.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(schema)
 }
 
 #[cfg(test)]
@@ -516,21 +514,12 @@ mod tests {
         let mut w = previous_keyboard(PREVIOUS[1].0, PREVIOUS[1].1);
         w["schema"] = "cadence.features.v0".into();
         assert!(check_previous(&w.to_string()).is_err());
-
-        let v = previous_keyboard(PREVIOUS[0].0, PREVIOUS[0].1);
-        let previous = v.to_string();
-        // Keyboard only: nothing this schema can score.
-        assert_eq!(previous_mouse(&previous), Ok(None));
-        let mut m = [0.0; MOUSE_LEN];
-        m[1] = 250.0;
-        let mut w = v;
-        w["mouse"] = serde_json::to_value(MouseFeatures(m)).unwrap();
-        let got = previous_mouse(&w.to_string()).unwrap().unwrap();
-        assert_eq!(got.schema, SCHEMA);
-        assert_eq!(got.keyboard, None);
-        assert_eq!(got.mouse, Some(MouseFeatures(m)));
-        assert_eq!((got.keys, got.duration_ms), (80, 12_000));
-        got.validate().unwrap();
+        // A mouse block is checked against its names too.
+        let mut w = previous_keyboard(PREVIOUS[0].0, PREVIOUS[0].1);
+        w["mouse"] = serde_json::to_value(MouseFeatures([2.0; MOUSE_LEN])).unwrap();
+        assert_eq!(check_previous(&w.to_string()), Ok(PREVIOUS[0].0));
+        w["mouse"].as_object_mut().unwrap().remove("speed_p50");
+        assert!(check_previous(&w.to_string()).is_err());
     }
 
     /// The sample as an agent of `schema`, whose keyboard block has `len` features, sends it.

@@ -4,10 +4,8 @@
 //! weights of a Beta((n + 1) q, (n + 1)(1 − q)) distribution over the ranks. A keyboard window
 //! holds tens of flights and a class (space, say) only a handful, and there the single order
 //! statistic that nearest rank picks jumps from one sample to the next; the weighted mean is
-//! the same quantity with a far smaller sampling spread. The keyboard block takes these; the
-//! pointer block keeps nearest rank ([`Samples::nearest`]), as every schema so far defined it,
-//! so that an older agent's pointer windows still mean what a newer one's do. Above
-//! [`SMOOTH_MAX`] samples the two
+//! the same quantity with a far smaller sampling spread (a pointer window's clicks and strokes
+//! are few too). Above [`SMOOTH_MAX`] samples the two
 //! differ by much less than a window's own noise, so quantiles take nearest rank on a
 //! partially ordered buffer (`select_nth_unstable`) instead: closing a window then costs O(n)
 //! per statistic rather than a sort, and an 8 kHz mouse fills a one-minute window with half a
@@ -77,9 +75,8 @@ impl Samples {
     }
 
     /// The `q` quantile (0..=1) by nearest rank whatever the sample count, or `None` when
-    /// empty. O(n). The pointer block's statistics, whose definition stays that of the
-    /// earlier schemas (module docs of `cadence_wire::features`).
-    pub fn nearest(&mut self, q: f64) -> Option<f64> {
+    /// empty. O(n).
+    fn nearest(&mut self, q: f64) -> Option<f64> {
         if self.v.is_empty() {
             return None;
         }
@@ -93,15 +90,6 @@ impl Samples {
         let mut out = [0.0; N];
         for (o, q) in out.iter_mut().zip(qs) {
             *o = self.quantile(q)?;
-        }
-        Some(out)
-    }
-
-    /// Several quantiles at once by nearest rank ([`Samples::nearest`]).
-    pub fn nearest_many<const N: usize>(&mut self, qs: [f64; N]) -> Option<[f64; N]> {
-        let mut out = [0.0; N];
-        for (o, q) in out.iter_mut().zip(qs) {
-            *o = self.nearest(q)?;
         }
         Some(out)
     }

@@ -187,6 +187,9 @@ pub struct ModalityProfile {
     pub pending: Vec<Sample>,
     /// The baseline, once enrolled.
     pub baseline: Option<Baseline>,
+    /// The feature schema the pending windows and the baseline were collected under, as the
+    /// scorer records it; `None` in a profile stored before it did (an older schema).
+    pub schema: Option<String>,
     /// Compiled detector and the population generation it was built against.
     #[serde(skip)]
     detector: Option<(u64, Detector)>,
@@ -203,6 +206,7 @@ impl ModalityProfile {
         ModalityProfile {
             pending: Vec::new(),
             baseline: Some(baseline),
+            schema: None,
             detector: None,
             reference: None,
         }
@@ -327,7 +331,12 @@ impl UserProfile {
                 mp.pending.push(x);
                 let need = cfg.enroll_windows(m);
                 if mp.pending.len() >= need {
-                    *mp = ModalityProfile::with_baseline(Baseline::enroll(m, &mp.pending)?);
+                    let baseline = Baseline::enroll(m, &mp.pending)?;
+                    // The windows' schema is the baseline's.
+                    *mp = ModalityProfile {
+                        schema: mp.schema.take(),
+                        ..ModalityProfile::with_baseline(baseline)
+                    };
                 }
                 let left = match mp.baseline {
                     Some(_) => 0,
