@@ -738,17 +738,18 @@ mod tests {
     /// when `mouse` is set.
     fn previous_window(mouse: bool) -> String {
         use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES, PREVIOUS};
-        let (schema, len) = PREVIOUS[0];
-        let keyboard: serde_json::Map<String, serde_json::Value> = KEYBOARD_FEATURES[..len]
+        let p = PREVIOUS[0];
+        let keyboard: serde_json::Map<String, serde_json::Value> = KEYBOARD_FEATURES
+            [..p.keyboard_len]
             .iter()
             .map(|(n, _)| ((*n).to_owned(), 60.0.into()))
             .collect();
-        let m: serde_json::Map<String, serde_json::Value> = MOUSE_FEATURES
+        let m: serde_json::Map<String, serde_json::Value> = MOUSE_FEATURES[..p.mouse_len]
             .iter()
             .map(|(n, _)| ((*n).to_owned(), 5.0.into()))
             .collect();
         serde_json::json!({
-            "schema": schema,
+            "schema": p.schema,
             "duration_ms": 30_000,
             "keys": 120,
             "mouse_events": if mouse { 300 } else { 0 },
@@ -766,6 +767,9 @@ mod tests {
             .await
             .unwrap();
         let device = enroll(&store, "old").await;
+        for payload in [previous_window(false), previous_window(true)] {
+            assert!(cadence_wire::features::check_previous(&payload).is_ok());
+        }
         store_payload(&store, device, 1, previous_window(false)).await;
         store_payload(&store, device, 2, previous_window(true)).await;
         store_payload(&store, device, 3, previous_window(true)).await;

@@ -256,15 +256,15 @@ async fn every_bad_input_is_refused_and_the_server_keeps_serving_on(db: &TestDb)
         // A window of the schema before this one with a mouse feature missing: refused, and
         // the refusal says which (not the first feature the current schema has and it lacks).
         use cadence_wire::features::{KEYBOARD_FEATURES, PREVIOUS};
-        let (schema, len) = PREVIOUS[0];
+        let p = PREVIOUS[0];
         let mut v: serde_json::Value = serde_json::from_slice(&features_json(1)).unwrap();
-        v["schema"] = schema.into();
+        v["schema"] = p.schema.into();
         let k = v["keyboard"].as_object_mut().unwrap();
-        for (n, _) in &KEYBOARD_FEATURES[len..] {
+        for (n, _) in &KEYBOARD_FEATURES[p.keyboard_len..] {
             k.remove(*n);
         }
         let mut m: serde_json::Map<String, serde_json::Value> =
-            cadence_wire::features::MOUSE_FEATURES
+            cadence_wire::features::MOUSE_FEATURES[..p.mouse_len]
                 .iter()
                 .map(|(n, _)| ((*n).to_owned(), 1.0.into()))
                 .collect();

@@ -355,17 +355,21 @@ async fn windows_stored_before_a_start_are_scored_after_it_on(db: &TestDb) {
 /// A window of the oldest feature schema the verifier reads, as an agent older than this
 /// verifier sends it; with a mouse block when `mouse` is given.
 fn previous_schema_window(typist: &Typist, rng: &mut Rng, mouse: Option<f64>) -> Vec<u8> {
-    use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_LEN, MouseFeatures, PREVIOUS};
-    let (schema, len) = PREVIOUS[PREVIOUS.len() - 1];
+    use cadence_wire::features::{KEYBOARD_FEATURES, MOUSE_FEATURES, PREVIOUS};
+    let p = PREVIOUS[PREVIOUS.len() - 1];
     let mut v: serde_json::Value = serde_json::from_slice(&typist.window(rng)).unwrap();
-    v["schema"] = schema.into();
+    v["schema"] = p.schema.into();
     let k = v["keyboard"].as_object_mut().unwrap();
-    for (n, _) in &KEYBOARD_FEATURES[len..] {
+    for (n, _) in &KEYBOARD_FEATURES[p.keyboard_len..] {
         k.remove(*n).unwrap();
     }
     if let Some(base) = mouse {
-        let m: [f64; MOUSE_LEN] = std::array::from_fn(|i| base + i as f64);
-        v["mouse"] = serde_json::to_value(MouseFeatures(m)).unwrap();
+        let m: serde_json::Map<String, serde_json::Value> = MOUSE_FEATURES[..p.mouse_len]
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| ((*n).to_owned(), (base + i as f64).into()))
+            .collect();
+        v["mouse"] = serde_json::Value::Object(m);
         v["mouse_events"] = 400.into();
     }
     serde_json::to_vec(&v).unwrap()

@@ -24,15 +24,17 @@
 //!
 //! # Versions
 //!
-//! Each version appends keyboard features to the one before and keeps the mouse block:
-//! `cadence.features.v2` is `v1` with 18 (finer quantiles of the class timings and the
-//! press-to-press time two keys apart), `v3` is `v2` with 8 (up-up flight, press to press
-//! three keys apart, a modifier's release lag, the hold before a space), and its quantiles,
-//! in both blocks, are Harrell–Davis estimates up to 1024 samples (the agent's
-//! `features::stats`) where earlier agents took nearest rank. So no block of an earlier
-//! version means what this one's does: the same names, other values. [`check_previous`] recognises a well-formed vector of a
-//! [`PREVIOUS`] schema, so that a verifier upgraded before its agents can store their windows
-//! instead of refusing them; it does not score them.
+//! Each version appends features to the blocks of the one before. `cadence.features.v2` is
+//! `v1` with 18 keyboard features (finer quantiles of the class timings and the press-to-press
+//! time two keys apart). `v3` is `v2` with 8 keyboard features (up-up flight, press to press
+//! three keys apart, a modifier's release lag, the hold before a space) and 5 mouse features
+//! (a stroke's peak speed and when it comes, deceleration, the 90th percentiles of direction
+//! change and curvature); and its percentiles, in both blocks, are Harrell–Davis estimates up
+//! to 1024 samples (the agent's `features::stats`) where earlier agents took nearest rank, so
+//! no block of an earlier version means what this one's does, even under the same names.
+//! [`check_previous`] recognises a well-formed vector of a [`PREVIOUS`] schema, so that a
+//! verifier upgraded before its agents can store their windows instead of refusing them; it
+//! does not score them.
 
 use std::fmt;
 
@@ -43,10 +45,31 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The schema identifier every feature vector carries.
 pub const SCHEMA: &str = "cadence.features.v3";
 
-/// The schemas before [`SCHEMA`] that a verifier still reads, newest first, each with the
-/// length of its keyboard block: the first that many features of this one. Their mouse block
-/// has this one's names (its quantiles by nearest rank).
-pub const PREVIOUS: [(&str, usize); 2] = [("cadence.features.v2", 51), ("cadence.features.v1", 33)];
+/// An earlier schema a verifier still reads: its name and the lengths of its blocks, each the
+/// first that many features of this schema's block (its percentiles by nearest rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Previous {
+    /// The schema's name.
+    pub schema: &'static str,
+    /// Its keyboard features.
+    pub keyboard_len: usize,
+    /// Its mouse features.
+    pub mouse_len: usize,
+}
+
+/// The schemas before [`SCHEMA`] that a verifier still reads, newest first.
+pub const PREVIOUS: [Previous; 2] = [
+    Previous {
+        schema: "cadence.features.v2",
+        keyboard_len: 51,
+        mouse_len: 33,
+    },
+    Previous {
+        schema: "cadence.features.v1",
+        keyboard_len: 33,
+        mouse_len: 33,
+    },
+];
 
 /// Why a feature vector was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -266,6 +289,11 @@ feature_block!(
         "sample_ms_p90" => "time between motion samples within a stroke, 90th percentile",
         "step_px_p50" => "distance moved per motion sample, median",
         "step_px_p90" => "distance moved per motion sample, 90th percentile",
+        "stroke_peak_speed_p50" => "peak pointer speed of a stroke, median",
+        "stroke_peak_at_p50" => "when a stroke reaches its peak speed, as a share of its duration, median (0.5 without strokes)",
+        "decel_p50" => "deceleration (size of a negative acceleration), median",
+        "angle_change_p90" => "absolute change of direction between motion samples (rad), 90th percentile",
+        "curvature_p90" => "change of direction per pixel travelled (rad/px), 90th percentile",
     ]
 );
 
@@ -344,7 +372,7 @@ struct PreviousVector {
     )]
     mouse_events: u32,
     keyboard: Option<serde_json::Map<String, serde_json::Value>>,
-    mouse: Option<MouseFeatures>,
+    mouse: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Checks that `s` is a well-formed vector of a [`PREVIOUS`] schema, and names the schema:
@@ -362,37 +390,49 @@ pub fn names_previous(s: &str) -> Option<&'static str> {
     let named: Named = serde_json::from_str(s).ok()?;
     PREVIOUS
         .iter()
-        .find(|(p, _)| *p == named.schema)
-        .map(|(p, _)| *p)
+        .find(|p| p.schema == named.schema)
+        .map(|p| p.schema)
 }
 
 fn previous(s: &str) -> Result<&'static str, String> {
     let v: PreviousVector = serde_json::from_str(s).map_err(|e| e.to_string())?;
-    let Some(&(schema, keyboard_len)) = PREVIOUS.iter().find(|(p, _)| *p == v.schema) else {
+    let Some(p) = PREVIOUS.iter().find(|p| p.schema == v.schema) else {
         return Err(SchemaError::UnknownSchema(v.schema).to_string());
     };
     if v.keyboard.is_none() && v.mouse.is_none() {
         return Err(SchemaError::Empty.to_string());
     }
     if let Some(k) = &v.keyboard {
-        let names = &KEYBOARD_FEATURES[..keyboard_len];
-        if let Some(key) = k.keys().find(|key| !names.iter().any(|(n, _)| n == key)) {
-            return Err(format!("unknown keyboard feature {key:?}"));
-        }
-        for (n, _) in names {
-            match k.get(*n) {
-                None => return Err(SchemaError::Missing(n).to_string()),
-                Some(x) if !x.as_f64().is_some_and(f64::is_finite) => {
-                    return Err(SchemaError::NonFinite(n).to_string());
-                }
-                Some(_) => {}
-            }
-        }
+        check_block(k, &KEYBOARD_FEATURES[..p.keyboard_len], "keyboard")?;
     }
     if let Some(m) = &v.mouse {
-        m.validate().map_err(|e| e.to_string())?;
+        check_block(m, &MOUSE_FEATURES[..p.mouse_len], "mouse")?;
     }
-    Ok(schema)
+    Ok(p.schema)
+}
+
+/// Checks that `block` holds exactly the features `names`, each a finite number.
+fn check_block(
+    block: &serde_json::Map<String, serde_json::Value>,
+    names: &[(&'static str, &str)],
+    what: &str,
+) -> Result<(), String> {
+    if let Some(key) = block
+        .keys()
+        .find(|key| !names.iter().any(|(n, _)| n == key))
+    {
+        return Err(format!("unknown {what} feature {key:?}"));
+    }
+    for (n, _) in names {
+        match block.get(*n) {
+            None => return Err(SchemaError::Missing(n).to_string()),
+            Some(x) if !x.as_f64().is_some_and(f64::is_finite) => {
+                return Err(SchemaError::NonFinite(n).to_string());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -473,10 +513,15 @@ mod tests {
 
     #[test]
     fn previous_schema_is_recognised_not_parsed() {
-        assert_eq!(KEYBOARD_FEATURES[PREVIOUS[0].1 - 1].0, "dd2_mad");
-        assert_eq!(KEYBOARD_FEATURES[PREVIOUS[1].1 - 1].0, "keys_per_sec");
-        for (schema, len) in PREVIOUS {
-            let v = previous_keyboard(schema, len);
+        assert_eq!(KEYBOARD_FEATURES[PREVIOUS[0].keyboard_len - 1].0, "dd2_mad");
+        assert_eq!(
+            KEYBOARD_FEATURES[PREVIOUS[1].keyboard_len - 1].0,
+            "keys_per_sec"
+        );
+        assert_eq!(MOUSE_FEATURES[PREVIOUS[0].mouse_len - 1].0, "step_px_p90");
+        for p in PREVIOUS {
+            let (schema, len) = (p.schema, p.keyboard_len);
+            let v = previous_keyboard(p);
             let previous = v.to_string();
             assert_eq!(check_previous(&previous), Ok(schema), "{previous}");
             assert_eq!(names_previous(&previous), Some(schema));
@@ -511,23 +556,33 @@ mod tests {
         let current = serde_json::to_string(&sample()).unwrap();
         assert!(check_previous(&current).is_err());
         assert_eq!(names_previous(&current), None);
-        let mut w = previous_keyboard(PREVIOUS[1].0, PREVIOUS[1].1);
+        let mut w = previous_keyboard(PREVIOUS[1]);
         w["schema"] = "cadence.features.v0".into();
         assert!(check_previous(&w.to_string()).is_err());
-        // A mouse block is checked against its names too.
-        let mut w = previous_keyboard(PREVIOUS[0].0, PREVIOUS[0].1);
-        w["mouse"] = serde_json::to_value(MouseFeatures([2.0; MOUSE_LEN])).unwrap();
-        assert_eq!(check_previous(&w.to_string()), Ok(PREVIOUS[0].0));
+        // A mouse block is checked against its own, shorter, list of names.
+        let p = PREVIOUS[0];
+        let mut w = previous_keyboard(p);
+        let mouse: serde_json::Map<String, serde_json::Value> = MOUSE_FEATURES[..p.mouse_len]
+            .iter()
+            .map(|(n, _)| ((*n).to_owned(), 2.0.into()))
+            .collect();
+        w["mouse"] = serde_json::Value::Object(mouse);
+        assert_eq!(check_previous(&w.to_string()), Ok(p.schema));
+        let mut later = w.clone();
+        later["mouse"][MOUSE_FEATURES[p.mouse_len].0] = 1.0.into();
+        let e = check_previous(&later.to_string()).unwrap_err();
+        assert!(e.contains("unknown mouse feature"), "{e}");
         w["mouse"].as_object_mut().unwrap().remove("speed_p50");
-        assert!(check_previous(&w.to_string()).is_err());
+        let e = check_previous(&w.to_string()).unwrap_err();
+        assert!(e.contains("speed_p50 is missing"), "{e}");
     }
 
-    /// The sample as an agent of `schema`, whose keyboard block has `len` features, sends it.
-    fn previous_keyboard(schema: &str, len: usize) -> serde_json::Value {
+    /// The sample as an agent of `p`'s schema sends it (keyboard only).
+    fn previous_keyboard(p: Previous) -> serde_json::Value {
         let mut v = serde_json::to_value(sample()).unwrap();
-        v["schema"] = schema.into();
+        v["schema"] = p.schema.into();
         let k = v["keyboard"].as_object_mut().unwrap();
-        for (n, _) in &KEYBOARD_FEATURES[len..] {
+        for (n, _) in &KEYBOARD_FEATURES[p.keyboard_len..] {
             k.remove(*n);
         }
         v

@@ -24,7 +24,12 @@ pub struct MouseAcc {
     events: u32,
     speed: Samples,
     accel: Samples,
+    /// Deceleration (the size of a negative acceleration).
+    decel: Samples,
     jerk: Samples,
+    /// Per stroke: its peak speed, and when it came as a share of the stroke's duration.
+    stroke_peak: Samples,
+    stroke_peak_at: Samples,
     angle_change: Samples,
     curvature: Samples,
     straightness: Samples,
@@ -68,6 +73,8 @@ struct Stroke {
     chord_x: f64,
     chord_y: f64,
     samples: u32,
+    peak_speed: f64,
+    peak_us: u64,
 }
 
 impl MouseAcc {
@@ -81,7 +88,10 @@ impl MouseAcc {
         let mut bufs = [
             &mut self.speed,
             &mut self.accel,
+            &mut self.decel,
             &mut self.jerk,
+            &mut self.stroke_peak,
+            &mut self.stroke_peak_at,
             &mut self.angle_change,
             &mut self.curvature,
             &mut self.straightness,
@@ -100,7 +110,10 @@ impl MouseAcc {
         *self = MouseAcc {
             speed: keep.speed,
             accel: keep.accel,
+            decel: keep.decel,
             jerk: keep.jerk,
+            stroke_peak: keep.stroke_peak,
+            stroke_peak_at: keep.stroke_peak_at,
             angle_change: keep.angle_change,
             curvature: keep.curvature,
             straightness: keep.straightness,
@@ -152,6 +165,10 @@ impl MouseAcc {
         let dist = sx.hypot(sy);
         let v = dist / dt;
         self.speed.push(v as f32);
+        if v > self.stroke.peak_speed {
+            self.stroke.peak_speed = v;
+            self.stroke.peak_us = t;
+        }
         self.sample_ms.push((dt * 1000.0) as f32);
         if dist > 0.0 {
             self.step_px.push(dist as f32);
@@ -160,6 +177,9 @@ impl MouseAcc {
         if let Some(pv) = self.last_speed {
             let a = (v - pv) / dt;
             self.accel.push(a.abs() as f32);
+            if a < 0.0 {
+                self.decel.push(-a as f32);
+            }
             if let Some(pa) = self.last_accel {
                 self.jerk.push(((a - pa) / dt).abs() as f32);
             }
@@ -247,6 +267,13 @@ impl MouseAcc {
             self.stroke_len.push(s.path as f32);
             self.stroke_ms
                 .push(s.end_us.saturating_sub(s.start_us) as f32 / 1000.0);
+            self.stroke_peak.push(s.peak_speed as f32);
+            if s.end_us > s.start_us {
+                self.stroke_peak_at.push(
+                    (s.peak_us.saturating_sub(s.start_us) as f64 / (s.end_us - s.start_us) as f64)
+                        as f32,
+                );
+            }
         }
         self.stroke = Stroke::default();
         self.last_speed = None;
@@ -321,6 +348,11 @@ impl MouseAcc {
             dt90,
             px50,
             px90,
+            self.stroke_peak.quantile(0.5).unwrap_or(0.0),
+            self.stroke_peak_at.quantile(0.5).unwrap_or(0.5),
+            self.decel.quantile(0.5).unwrap_or(0.0),
+            self.angle_change.quantile(0.9).unwrap_or(0.0),
+            self.curvature.quantile(0.9).unwrap_or(0.0),
         ];
         Some(MouseFeatures(v.map(round3)))
     }
@@ -350,6 +382,29 @@ mod tests {
         assert_eq!(f(&out, "sample_ms_p10"), 10.0);
         assert_eq!(f(&out, "sample_ms_p90"), 10.0);
         assert_eq!(f(&out, "step_px_p50"), 10.0);
+    }
+
+    #[test]
+    fn a_stroke_peaks_early_then_slows_down() {
+        let mut m = MouseAcc::default();
+        // Ten strokes eastwards, 300 ms apart: a sample every 10 ms of 1, 4, 2, 1, 1, 1 px
+        // (100, 400, 200, 100, 100, 100 px/s), so each peaks 20 ms into its 60 ms.
+        for s in 0..10u64 {
+            let t0 = s * 360_000;
+            m.moved(t0, 0, 0);
+            for (i, dx) in [1, 4, 2, 1, 1, 1].into_iter().enumerate() {
+                m.moved(t0 + (i as u64 + 1) * 10_000, dx, 0);
+            }
+        }
+        let out = m.finish().unwrap();
+        assert_eq!(f(&out, "stroke_peak_speed_p50"), 400.0);
+        assert_eq!(f(&out, "stroke_peak_at_p50"), 0.333);
+        // Slowing from 400 to 200 and from 200 to 100 px/s in 10 ms: 20 000 and 10 000 px/s².
+        assert_eq!((m.decel.len(), m.stroke_peak.len()), (20, 10));
+        let decel = f(&out, "decel_p50");
+        assert!(decel > 10_000.0 && decel < 20_000.0, "{decel}");
+        assert_eq!(f(&out, "angle_change_p90"), 0.0);
+        assert_eq!(f(&out, "curvature_p90"), 0.0);
     }
 
     #[test]

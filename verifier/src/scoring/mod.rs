@@ -46,7 +46,7 @@
 //! # Cost
 //!
 //! Scoring a window is a binary search per mapped feature among 100 quantiles, one d×d
-//! product (59² multiply-adds for the keyboard, 33² for the mouse) and O(d) more;
+//! product (59² multiply-adds for the keyboard, 38² for the mouse) and O(d) more;
 //! `cargo bench -p cadence-verifier --bench scoring` prints windows per second on one core.
 //! Compiling a detector (enrollment, adaptation, a new population) also scores the cohort and
 //! the leave-one-out enrollment windows, a few hundred microseconds. Learning a population
