@@ -770,9 +770,7 @@ fn previous_window_line(r: &StoredRecord, schema: &str, json: bool) -> Result<St
         &v["mouse_events"],
         &blocks,
     );
-    Ok(format!(
-        "{line}  schema={schema} (older agent: its keyboard block is not scored)"
-    ))
+    Ok(format!("{line}  schema={schema} (older agent: not scored)"))
 }
 
 fn window_json<V: Serialize>(r: &StoredRecord, vector: &V) -> Result<String, Error> {

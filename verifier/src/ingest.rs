@@ -481,8 +481,8 @@ fn open_one(
         }
         Kind::Features => match FeatureVector::from_json(text) {
             Ok(v) => (canonical(&v)?, Effect::None),
-            // An agent older than this verifier: its window is kept as it came (the scorer
-            // scores its mouse block, not its keyboard block) rather than refused and lost.
+            // An agent older than this verifier: its window is kept as it came (stored, not
+            // scored) rather than refused and lost.
             Err(e) => match cadence_wire::features::check_previous(text) {
                 Ok(_) => {
                     let v: serde_json::Value =

@@ -42,7 +42,7 @@
 //! of. It is learned again, with the next generation number, when a window completes a
 //! baseline and the number of devices with a baseline of some modality has changed since it
 //! was last learned; also at start when the stored one is missing, unreadable or learned on
-//! another feature list. Profiles rebuild their detectors when the generation changes.
+//! another feature list or schema. Profiles rebuild their detectors when the generation changes.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
@@ -418,7 +418,17 @@ impl Scorer {
                 state.keyboard_users = stored.keyboard_users;
                 state.mouse_users = stored.mouse_users;
             }
-            Err(why) => tracing::warn!(%why, "stored population unusable; keeping this one"),
+            Err(why) => {
+                // Keep this one, but as of the stored generation, and learn the next: else
+                // this replica's next generation would never be newer than the stored one,
+                // its save would fail, and it would learn again after every baseline.
+                tracing::warn!(%why, "stored population unusable; keeping this one");
+                let mut own = (*state.population).clone();
+                own.generation = stored.generation;
+                state.population = Arc::new(own);
+                state.keyboard_users = u64::MAX;
+                state.mouse_users = u64::MAX;
+            }
         }
         Ok(())
     }
@@ -433,11 +443,15 @@ impl Scorer {
             let Ok(p) = serde_json::from_str::<UserProfile>(&stored.json) else {
                 continue;
             };
+            // A baseline of another schema counts for nothing: it enrolls again when its
+            // device's next window is scored.
             let has = |m: Modality| {
-                p.modality(m)
-                    .baseline
-                    .as_ref()
-                    .is_some_and(|b| b.mean.len() == m.dim())
+                let mp = p.modality(m);
+                mp.schema.as_deref() == Some(SCHEMA)
+                    && mp
+                        .baseline
+                        .as_ref()
+                        .is_some_and(|b| b.mean.len() == m.dim())
             };
             let (k, m) = (has(Modality::Keyboard), has(Modality::Mouse));
             if k || m {
@@ -697,12 +711,22 @@ mod tests {
         profile.modality_mut(Modality::Keyboard).pending = windows.clone();
         drop_stale_baselines(device, &mut profile);
         assert!(profile.modality(Modality::Keyboard).pending.is_empty());
-        // A profile with nothing collected is only marked.
+        // Pending windows of this schema stay.
         let mut profile = UserProfile::default();
         profile.modality_mut(Modality::Mouse).schema = Some(SCHEMA.to_owned());
         profile.modality_mut(Modality::Mouse).pending = windows.clone();
         drop_stale_baselines(device, &mut profile);
         assert_eq!(profile.modality(Modality::Mouse).pending, windows);
+        // A profile with nothing collected and no schema is only marked: its trust is not
+        // reset.
+        let mut profile = UserProfile::default();
+        profile.trust.level = 70.0;
+        drop_stale_baselines(device, &mut profile);
+        assert_eq!(profile.trust.level, 70.0);
+        assert_eq!(
+            profile.modality(Modality::Mouse).schema.as_deref(),
+            Some(SCHEMA)
+        );
     }
 
     /// Only a bound so that a broken scorer fails the test instead of hanging it.

@@ -253,7 +253,8 @@ feature_block!(
     ///
     /// A stroke is a run of motion without a gap over 250 ms and without a button change. A
     /// feature with no samples in the window (no clicks, no scrolling) is 0, and the matching
-    /// rate feature (also 0) says so.
+    /// rate feature (also 0) says so; a stroke's shape without strokes is that of a straight
+    /// one (straightness 1, peak halfway).
     MouseFeatures, MOUSE_FEATURES, MOUSE_LEN, "mouse",
     [
         "speed_p10" => "pointer speed, 10th percentile",

@@ -57,6 +57,9 @@ pub struct MouseAcc {
     pend_dy: i64,
     /// Time of the last motion sample (or the stroke's first event).
     last_t: Option<u64>,
+    /// Whether a stroke is being traced (none after a button change or a gap, until the
+    /// next motion starts one).
+    in_stroke: bool,
     last_speed: Option<f64>,
     last_accel: Option<f64>,
     last_angle: Option<f64>,
@@ -145,7 +148,7 @@ impl MouseAcc {
             self.pend_dy += i64::from(dy);
             return;
         };
-        if t.saturating_sub(last) > STROKE_GAP_US {
+        if !self.in_stroke || t.saturating_sub(last) > STROKE_GAP_US {
             self.end_stroke();
             self.start_stroke(t);
             self.pend_dx += i64::from(dx);
@@ -251,6 +254,7 @@ impl MouseAcc {
 
     fn start_stroke(&mut self, t: u64) {
         self.last_t = Some(t);
+        self.in_stroke = true;
         self.stroke = Stroke {
             start_us: t,
             end_us: t,
@@ -276,6 +280,7 @@ impl MouseAcc {
             }
         }
         self.stroke = Stroke::default();
+        self.in_stroke = false;
         self.last_speed = None;
         self.last_accel = None;
         self.last_angle = None;
@@ -382,6 +387,28 @@ mod tests {
         assert_eq!(f(&out, "sample_ms_p10"), 10.0);
         assert_eq!(f(&out, "sample_ms_p90"), 10.0);
         assert_eq!(f(&out, "step_px_p50"), 10.0);
+    }
+
+    #[test]
+    fn motion_soon_after_a_click_starts_its_own_stroke() {
+        let mut m = MouseAcc::default();
+        // From 10 s on: a 50 ms stroke, a click 20 ms later, motion again 50 ms after the
+        // release (within the 250 ms that would join two runs of motion), five times.
+        let mut t = 10_000_000;
+        for _ in 0..5 {
+            m.moved(t, 0, 0);
+            for i in 1..=5u64 {
+                m.moved(t + i * 10_000, 3, 0);
+            }
+            m.button_down(t + 70_000, Button::Left);
+            m.button_up(t + 150_000, Button::Left, 80_000);
+            t += 200_000;
+        }
+        let out = m.finish().unwrap();
+        assert_eq!(m.stroke_ms.len(), 5);
+        assert_eq!(f(&out, "stroke_ms_p50"), 50.0);
+        assert!(f(&out, "stroke_peak_at_p50") <= 1.0, "{out:?}");
+        assert_eq!(f(&out, "stroke_len_p50"), 15.0);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct CohortWindow {
 pub struct Population {
     /// Changes whenever the population is re-learned; profiles rebuild their detectors then.
     pub generation: u64,
+    /// The feature schema its models and cohorts were learned under; `None` in one stored
+    /// before it was recorded (an older schema), or that holds nothing.
+    pub schema: Option<String>,
     /// Keyboard population parameters, if enough users have keyboard baselines.
     pub keyboard: Option<PopulationModel>,
     /// Mouse population parameters, if enough users have mouse baselines.
@@ -102,6 +105,7 @@ impl Population {
         let windows: Vec<&[Sample]> = users.iter().map(|(_, w)| *w).collect();
         let model = PopulationModel::learn(m, &windows, cfg.min_population_users, cfg.student_t)?;
         let cohort = pick_cohort(users, cfg.cohort_windows);
+        self.schema = Some(cadence_wire::features::SCHEMA.to_owned());
         match m {
             Modality::Keyboard => {
                 self.keyboard = model;
@@ -131,8 +135,15 @@ impl Population {
         }
     }
 
-    /// Checks stored parameters against this build's schema.
+    /// Checks stored parameters against this build's schema: the schema they were learned
+    /// under (the same names can carry values of another definition), then each part.
     pub fn check(&self) -> Result<(), ScoringError> {
+        let learned = |m: Modality| self.model(m).is_some() || !self.cohort(m).is_empty();
+        if let Some(m) = Modality::ALL.into_iter().find(|m| learned(*m))
+            && self.schema.as_deref() != Some(cadence_wire::features::SCHEMA)
+        {
+            return Err(ScoringError::PopulationSchema { modality: m });
+        }
         for m in Modality::ALL {
             if let Some(p) = self.model(m) {
                 if p.modality != m {

@@ -418,6 +418,21 @@ fn state_round_trips_through_json_and_a_foreign_population_is_refused() {
         "{a:?} {b:?}"
     );
     assert_eq!(a.trust.map(|t| t.alert), b.trust.map(|t| t.alert));
+    // Learned under another schema, or before the schema was recorded: refused, even with
+    // no model at all (too few users), only a cohort.
+    for schema in [serde_json::Value::Null, "cadence.features.v2".into()] {
+        let mut older: serde_json::Value = serde_json::from_str(&pop_json).unwrap();
+        older["schema"] = schema.clone();
+        older["keyboard"] = serde_json::Value::Null;
+        older["mouse"] = serde_json::Value::Null;
+        assert!(!older["keyboard_cohort"].as_array().unwrap().is_empty());
+        let older: Population = serde_json::from_value(older).unwrap();
+        assert!(
+            matches!(older.check(), Err(ScoringError::PopulationSchema { .. })),
+            "{schema}"
+        );
+    }
+    assert!(Population::default().check().is_ok());
     let mut foreign: serde_json::Value = serde_json::from_str(&pop_json).unwrap();
     foreign["keyboard"]["features"][0] = "key_a_hold".into();
     let foreign: Population = serde_json::from_value(foreign).unwrap();
