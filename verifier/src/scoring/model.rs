@@ -570,7 +570,6 @@ fn check_dim(modality: Modality, expected: usize, got: usize) -> Result<(), Scor
     }
 }
 
-/// Median by selection; reorders `v`. 0 for an empty slice.
 /// `all` without its `skip`th window, into `out` (cleared first): one leave-one-out set.
 pub(crate) fn all_but(all: &[Sample], skip: usize, out: &mut Vec<Sample>) {
     out.clear();
@@ -582,6 +581,7 @@ pub(crate) fn all_but(all: &[Sample], skip: usize, out: &mut Vec<Sample>) {
     );
 }
 
+/// Median by selection; reorders `v`. 0 for an empty slice.
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
