@@ -13,7 +13,6 @@
 //! |---|---|
 //! | `modality` | `"keyboard"` or `"mouse"` |
 //! | `features` | the block's feature names in order; a mismatch with this build refuses the file |
-//! | `schema` | the feature schema it was learned under (`cadence.features.v3`); another one, or none (a file from before it was recorded), refuses the file: the same names can carry values of another definition |
 //! | `users`, `windows` | how many users and windows it was learned from |
 //! | `quantiles` | per feature, [`QUANTILES`] values of the population's windows at probabilities (j + ½)/[`QUANTILES`], row-major d×Q, non-decreasing per feature |
 //! | `mapped` | per feature, whether it is mapped into normal space (below) or kept as it is |
@@ -77,9 +76,6 @@ pub struct PopulationModel {
     pub modality: Modality,
     /// Feature names, in order, of the schema the parameters were learned on.
     pub features: Vec<String>,
-    /// That schema (`None` in a model stored before it was recorded: an older one).
-    #[serde(default)]
-    pub schema: Option<String>,
     /// Users that contributed (each with at least two windows).
     pub users: usize,
     /// Windows that contributed.
@@ -161,10 +157,7 @@ impl PopulationModel {
     pub fn check(&self) -> Result<(), ScoringError> {
         let names = self.modality.feature_names();
         let d = names.len();
-        if self.features.len() != d
-            || self.features.iter().zip(&names).any(|(a, b)| a != b)
-            || self.schema.as_deref() != Some(cadence_wire::features::SCHEMA)
-        {
+        if self.features.len() != d || self.features.iter().zip(&names).any(|(a, b)| a != b) {
             return Err(ScoringError::PopulationSchema {
                 modality: self.modality,
             });
@@ -319,7 +312,6 @@ fn fit(
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
-        schema: Some(cadence_wire::features::SCHEMA.to_owned()),
         users: usable.len(),
         windows,
         quantiles,

@@ -17,11 +17,13 @@
 //!
 //! # Stored forms (JSON)
 //!
-//! [`Population`]: `generation` (bumped by the verifier on each re-learn), `keyboard` and
-//! `mouse` ([`PopulationModel`] or null), `keyboard_cohort` and `mouse_cohort` (lists of
+//! [`Population`]: `generation` (bumped by the verifier on each re-learn), `schema` (the
+//! feature schema it was learned under; [`Population::check`] refuses another one or none,
+//! since the same names can carry values of another definition), `keyboard` and `mouse`
+//! ([`PopulationModel`] or null), `keyboard_cohort` and `mouse_cohort` (lists of
 //! `{user, sample: {x, events}}`, `x` in scoring space). [`UserProfile`]: `keyboard` and
-//! `mouse` (each `{pending, baseline}`: enrollment [`Sample`]s collected so far, then the
-//! [`Baseline`]), and `trust` (`{level}`). Compiled detectors are a cache, never stored; they
+//! `mouse` (each `{pending, baseline, schema}`: enrollment [`Sample`]s collected so far, then
+//! the [`Baseline`], and the schema they were collected under), and `trust` (`{level}`). Compiled detectors are a cache, never stored; they
 //! are rebuilt when the population's generation changes.
 
 use cadence_wire::FeatureVector;
